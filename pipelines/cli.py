@@ -1,0 +1,58 @@
+"""The `clad` console script: one entry point, one subcommand per pipeline step.
+
+Each subcommand lives in its own module under `pipelines/` and exposes `register(subparsers)`, which adds
+its parser and sets `func` to the function that runs it. Modules are imported only when their
+subcommand list is built, and heavy imports (torch, ray) stay inside the run functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from clad.errors import CladError
+
+# subcommand modules, in the order a user meets them
+COMMAND_MODULES = [
+    "pipelines.demos",
+    "pipelines.preprocess",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clad",
+        description="CLaD on LIBERO: demonstrations, preprocessing, training, sweeps and parallel evaluation on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # a step that is not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CladError as err:
+        print(f"clad {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
