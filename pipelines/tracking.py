@@ -1,0 +1,113 @@
+"""The one place that sets up MLflow tracking for every clad command.
+
+Where runs go, in order of precedence:
+1. `--tracking-uri` on the command line (e.g. `http://mlflow.internal:5000` on a cluster);
+2. `$MLFLOW_TRACKING_URI`;
+3. a local SQLite store under the output root: `<root>/mlflow/mlflow.db`, with artifacts in
+   `<root>/mlflow/artifacts` (an explicit folder, never Ray's temporary session directory; MLflow 3 has put
+   the plain file store in maintenance mode).
+
+Runs nest across processes through the `mlflow.parentRunId` tag, so a Ray worker or a Tune trial can open
+a child of the driver's run without sharing its Python state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "clad"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A resolved tracking target: pass it (it is plain data) to Ray workers and trials."""
+
+    uri: str
+    experiment: str = DEFAULT_EXPERIMENT
+    artifact_location: str | None = None
+
+    def activate(self) -> str:
+        """Point this process's MLflow at the store; create the experiment if needed. Returns its id."""
+        mlflow.set_tracking_uri(self.uri)
+        client = MlflowClient(self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            experiment_id = exp.experiment_id
+        else:
+            try:
+                experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+            except mlflow.exceptions.MlflowException:  # created concurrently by another process
+                experiment_id = client.get_experiment_by_name(self.experiment).experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return experiment_id
+
+    def ui_command(self) -> str:
+        if self.uri.startswith(("http://", "https://")):
+            return f"open {self.uri} in a browser"
+        return f"mlflow ui --backend-store-uri {self.uri} --port 5000   # then open http://127.0.0.1:5000"
+
+
+def resolve_tracking(output_root: str | Path, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> Tracking:
+    """Decide where runs go (see the module docstring)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return Tracking(uri=uri, experiment=experiment)
+    root = Path(output_root).resolve() / "mlflow"
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts = root / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    return Tracking(uri=f"sqlite:///{root / 'mlflow.db'}", experiment=experiment, artifact_location=artifacts.as_uri())
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}; MLflow params are flat strings of at most 6000 chars."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def git_commit(path: str | Path | None = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path or Path(__file__).resolve().parent, text=True,
+                              capture_output=True, check=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def start_run(tracking: Tracking, name: str, *, parent_run_id: str | None = None, params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open (or re-open, with `run_id`) a run, as a child of `parent_run_id` when given."""
+    tracking.activate()
+    all_tags = {"clad.git_commit": git_commit()}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    all_tags.update(tags or {})
+    # nested=True lets a process that already has an active run open a child in-process
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=all_tags, nested=True) as run:
+        if params and run_id is None:
+            mlflow.log_params(flatten_params(params))
+        yield run
+
+
+def child_runs(tracking: Tracking, parent_run_id: str) -> list[mlflow.entities.Run]:
+    client = MlflowClient(tracking.uri)
+    exp = client.get_experiment_by_name(tracking.experiment)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
