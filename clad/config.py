@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import pydantic
 import yaml
@@ -24,6 +24,7 @@ __all__ = [
     "FrozenConfig",
     "apply_overrides",
     "config_from_dict",
+    "deep_merge",
     "load_config",
     "save_config",
 ]
@@ -55,9 +56,11 @@ def _describe_error(err: pydantic.ValidationError, source: str) -> str:
             fix = "remove it or check its spelling"
         elif e["type"] == "missing":
             fix = "add it"
+        elif not e["loc"] or e["type"] == "value_error":
+            fix = ""  # a cross-field check: its message says what to change
         else:
             fix = f"got {e.get('input')!r}"
-        lines.append(f"  field '{field}': {e['msg']} ({fix})")
+        lines.append(f"  field '{field}': {e['msg']}" + (f" ({fix})" if fix else ""))
     return "\n".join(lines)
 
 
@@ -112,18 +115,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None) -> C:
-    """Load `cls` from a YAML or JSON file (or `base`/defaults), then apply dotted overrides."""
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, merging nested sections instead of replacing them."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None,
+                transform: Callable[[dict[str, Any], str], dict[str, Any]] | None = None) -> C:
+    """Load `cls` from `base` (defaults), then a YAML or JSON file on top, then dotted overrides.
+
+    `transform(data, source)` may expand the merged data (e.g. a named preset) before validation.
+    """
     data: dict[str, Any] = dict(base or {})
     source = "defaults"
     if path is not None:
         path = Path(path)
-        data = read_yaml(path) if path.suffix in (".yaml", ".yml") else _read_json(path)
+        data = deep_merge(data, read_yaml(path) if path.suffix in (".yaml", ".yml") else _read_json(path))
         source = str(path)
     overrides = list(overrides)
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + command-line overrides"
+    if transform is not None:
+        data = transform(data, source)
     return config_from_dict(cls, data, source)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -28,9 +29,11 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "norm" in name or "embed" in name or "token" in name
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(params: nn.Module | Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over a module's trainable parameters, or over (name, parameter) pairs."""
+    named = params.named_parameters() if isinstance(params, nn.Module) else params
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in named:
         if p.requires_grad:
             (no_decay if _no_decay(name, p) else decay).append(p)
     groups = [

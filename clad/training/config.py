@@ -1,0 +1,114 @@
+"""`TrainConfig`: everything one training stage needs, typed and frozen.
+
+A YAML file for `clad train` looks like
+
+    stage: stage1
+    dataset_dir: outputs/quickstart/dataset
+    model_preset: cpu            # optional: start from a named model size ...
+    model: {dynamics: {tau: 4}}  # ... and override fields of it
+    steps: 2000
+    batch_size: 64
+
+The resolved config (preset + overrides) is what gets saved beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import pydantic
+
+from clad.config import FrozenConfig, deep_merge, load_config
+from clad.errors import ConfigError
+from clad.model.config import ModelConfig
+from clad.training.optim import OptimConfig
+
+Stage = Literal["stage1", "stage2"]
+
+
+class DataLoaderConfig(FrozenConfig):
+    """How windows stream out of the preprocessed dataset."""
+
+    # keep every stride-th step as a window centre (1 = every step)
+    window_stride: int = pydantic.Field(1, ge=1)
+    val_window_stride: int = pydantic.Field(4, ge=1)
+    # windows mixed across episodes before batching (per worker); 0 disables the local shuffle
+    shuffle_buffer: int = pydantic.Field(2048, ge=0)
+
+
+class TrainConfig(FrozenConfig):
+    stage: Stage = "stage1"
+    dataset_dir: str
+    # each run lives in <output_dir>/<run_name>/ (Ray's checkpoints) with the final export in .../final/
+    output_dir: str = "outputs/train"
+    run_name: str | None = None
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    loader: DataLoaderConfig = DataLoaderConfig()
+    steps: int = pydantic.Field(1000, ge=1)
+    # stop this invocation early (with a checkpoint) at this step; the schedule still spans `steps`, so a
+    # later run of the same config resumes exactly where this one stopped
+    stop_at_step: int | None = pydantic.Field(None, ge=1)
+    batch_size: int = pydantic.Field(64, ge=1)  # global batch, split evenly over the workers
+    seed: int = 0
+    log_every: int = pydantic.Field(20, ge=1)
+    checkpoint_every: int = pydantic.Field(500, ge=1)
+    keep_checkpoints: int = pydantic.Field(2, ge=1)
+    validate_every: int = pydantic.Field(250, ge=1)
+    val_batches: int = pydantic.Field(8, ge=1)
+    # stage 2: exponential moving average of the policy weights (diffusion_policy's EMA); 0 disables it
+    policy_ema_decay: float = pydantic.Field(0.999, ge=0.0, lt=1.0)
+    stage1_checkpoint: str | None = None  # stage 2: a stage-1 `final/` (or checkpoint) directory
+    # Ray Train: data-parallel workers (gloo on CPU, NCCL on GPU); cpus_per_worker None = sized from the cluster
+    num_workers: int = pydantic.Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float | None = pydantic.Field(None, gt=0)
+    max_failures: int = pydantic.Field(2, ge=0)  # restarts from the last checkpoint after a lost worker
+    # MLflow: parent run to nest under (set by `clad pipeline` / `clad tune`), and where the store is
+    tracking_uri: str | None = None
+    mlflow_experiment: str = "clad"
+    parent_run_id: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by num_workers ({self.num_workers})")
+        if self.stage == "stage2" and self.model.has_dynamics and not self.stage1_checkpoint:
+            raise ValueError("stage 2 with foresight needs stage1_checkpoint (a stage-1 output directory); "
+                             "set it, or set model.policy.foresight=none for the policy-only variant")
+        if self.stage == "stage1" and not self.model.has_dynamics:
+            raise ValueError("stage 1 trains the dynamics model, but model.policy.foresight=none has none")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.run_name or self.stage
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).resolve() / self.name
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.num_workers
+
+
+def resolve_model_section(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Expand `model_preset: NAME` into the preset's fields, with `model:` overriding them."""
+    data = dict(data)
+    preset = data.pop("model_preset", None)
+    if preset is None:
+        return data
+    from clad.model.sizes import model_preset
+
+    try:
+        base = model_preset(preset).to_dict()
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"{source}: field 'model_preset': {err}") from None
+    data["model"] = deep_merge(base, data.get("model") or {})
+    return data
+
+
+def load_train_config(path: str | Path | None, overrides: Iterable[str] = (), base: dict | None = None) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides, base=base, transform=resolve_model_section)

@@ -1,0 +1,247 @@
+"""`clad train stage1|stage2`: both training stages on Ray Train (TorchTrainer, data parallel).
+
+    clad train stage1 --config my_train.yaml -o steps=2000 -o num_workers=2
+    clad train stage2 --config my_train.yaml -o stage1_checkpoint=outputs/train/stage1
+
+The same command runs on a laptop (gloo on CPU) and on a GPU cluster (`-o use_gpu=true`, NCCL). Windows
+stream from the preprocessed Parquet dataset through Ray Data; the train split is sharded over the workers,
+the validation split is read by rank 0 only. Re-running with the same output_dir/run_name resumes from the
+latest checkpoint (Ray Train restores its checkpoint manager from the run directory); `--resume-from DIR`
+starts from a given checkpoint instead. A lost worker restarts the group from the last checkpoint
+(FailureConfig.max_failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from clad.training.config import TrainConfig, load_train_config
+
+log = logging.getLogger(__name__)
+
+WINDOW_MAX_BATCH = 64
+
+
+def _window_spec(cfg: TrainConfig, split: str):
+    from clad.data.windows import WindowSpec
+
+    m = cfg.model
+    return WindowSpec(
+        tau=m.dynamics.tau,
+        chunk=m.policy.chunk_length,
+        views=tuple(m.vision.cameras),
+        proprio_keys=tuple(m.proprio_keys),
+        use_features=not m.vision.trainable and m.vision.checkpoint_dir is None,
+        stride=cfg.loader.window_stride if split == "train" else cfg.loader.val_window_stride,
+    )
+
+
+def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
+    """Lazy Ray Datasets of window samples for the train and validation splits."""
+    from pipelines.dataset import dataset_windows
+
+    datasets = {"train": dataset_windows(cfg.dataset_dir, "train", _window_spec(cfg, "train"), episode_shuffle=True,
+                                         max_batch=WINDOW_MAX_BATCH)}
+    try:
+        datasets["val"] = dataset_windows(cfg.dataset_dir, "val", _window_spec(cfg, "val"), max_batch=WINDOW_MAX_BATCH)
+    except Exception as err:  # a dataset without validation episodes still trains
+        log.warning("no validation split (%s): validation is skipped", err)
+    return datasets
+
+
+def _epochs(shard, batch_size: int, shuffle_buffer: int):
+    """Endless stream of batches over the worker's shard, reshuffled every epoch."""
+    while True:
+        empty = True
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=shuffle_buffer or None):
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError(f"the training split yields no batch of {batch_size} windows per worker: "
+                               "lower batch_size or window_stride, or add episodes")
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import mlflow
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from clad.training.session import Throughput, TrainingSession, model_stats
+    from pipelines.tracking import Tracking, start_run
+
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
+
+    def wrap(objective):
+        if world == 1:
+            return objective
+        return ray.train.torch.prepare_model(objective, move_to_device=False,
+                                             parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    session = TrainingSession(cfg, model_stats(cfg.dataset_dir, cfg.model.proprio_keys), device=device, wrap=wrap)
+    # per-rank randomness for masks and augmentation, after the identical initialisation
+    torch.manual_seed(cfg.seed * 1000 + rank + 1)
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            session.restore(d)
+        log.info("rank %d resumed from step %d", rank, session.step)
+    elif loop_config.get("resume_from"):
+        session.restore(loop_config["resume_from"])
+        log.info("rank %d resumed from %s at step %d", rank, loop_config["resume_from"], session.step)
+
+    tracking = Tracking(**loop_config["tracking"]) if loop_config.get("tracking") else None
+    run_ctx = None
+    if rank == 0 and tracking is not None:  # only rank 0 logs
+        run_ctx = start_run(tracking, cfg.name, parent_run_id=cfg.parent_run_id, run_id=session.mlflow_run_id,
+                            params=cfg.to_dict(),
+                            tags={"clad.stage": cfg.stage, "clad.dataset_hash": loop_config.get("dataset_hash", "")})
+        run = run_ctx.__enter__()
+        session.mlflow_run_id = run.info.run_id
+
+    train_batches = _epochs(ray.train.get_dataset_shard("train"), cfg.per_worker_batch, cfg.loader.shuffle_buffer)
+    val_shard = ray.train.get_dataset_shard("val") if (rank == 0 and "val" in loop_config["splits"]) else None
+    val_cache: list = []  # the same held-out windows at every validation, so the curves are comparable
+    last_step = min(cfg.steps, cfg.stop_at_step or cfg.steps)
+    meter = Throughput()
+    metrics: dict[str, float] = {}
+    try:
+        while session.step < last_step:
+            t0 = time.perf_counter()
+            batch = next(train_batches)
+            waited = time.perf_counter() - t0
+            metrics = session.train_step(batch)
+            meter.record(cfg.batch_size, waited)
+            step = session.step
+            if step % cfg.log_every == 0 or step == last_step:
+                metrics.update(meter.summary())
+                meter.reset()
+                if rank == 0:
+                    log.info("%s step %d/%d  %s", cfg.stage, step, cfg.steps,
+                             "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+                    if run_ctx is not None:
+                        mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+            report: dict[str, float] = {}
+            checkpoint_now = step % cfg.checkpoint_every == 0 or step == last_step
+            validate_now = step % cfg.validate_every == 0 or step == last_step
+            if val_shard is not None and validate_now:
+                if not val_cache:
+                    val_cache.extend(_take(val_shard.iter_torch_batches(batch_size=cfg.per_worker_batch), cfg.val_batches))
+                report.update(session.validate(val_cache))
+                if run_ctx is not None:
+                    mlflow.log_metrics(report, step=step)
+            if checkpoint_now or validate_now:
+                # every rank reports at the same steps (report is collective); rank 0 attaches the checkpoint
+                report.update({f"train/{k}": v for k, v in metrics.items()}, step=step)
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint = None
+                    if checkpoint_now and rank == 0:
+                        session.save(tmp)
+                        checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                    ray.train.report(report, checkpoint=checkpoint)
+        if rank == 0 and session.step == cfg.steps:
+            final = Path(loop_config["final_dir"])
+            session.export_model(final)
+            if run_ctx is not None:
+                mlflow.log_artifacts(str(final), artifact_path="model")
+                mlflow.set_tag("clad.checkpoint", str(final))
+    finally:
+        if run_ctx is not None:
+            run_ctx.__exit__(None, None, None)
+
+
+def _take(iterable, n: int):
+    for i, item in enumerate(iterable):
+        if i >= n:
+            break
+        yield item
+
+
+def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
+                 storage_path: str | None = None, run_name: str | None = None):
+    """Launch one stage on the current Ray cluster and return its `ray.train.Result`."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from clad.config import save_config
+    from clad.data.manifest import read_manifest
+    from pipelines.ray_runtime import size_pool
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "train_config.json")
+    datasets = build_datasets(cfg)
+    pool = size_pool(cfg.num_workers, cfg.cpus_per_worker)
+    manifest = read_manifest(cfg.dataset_dir)
+    loop_config = {
+        "train": cfg.to_dict(),
+        "splits": sorted(datasets),
+        "final_dir": str(run_dir / "final"),
+        "resume_from": resume_from,
+        "tracking": tracking.__dict__ if tracking is not None else None,
+        "dataset_hash": str(manifest.get("fingerprint", "")),
+        "threads_per_worker": max(1, int(pool.cpus_per_actor + 0.5)),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": pool.cpus_per_actor, **({"GPU": 1} if cfg.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=run_name or cfg.name, storage_path=storage_path or str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            callbacks=list(callbacks)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train stage 1 (latent dynamics) or stage 2 (diffusion policy) on Ray Train",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["stage1", "stage2"])
+    p.add_argument("--config", help="TrainConfig YAML/JSON (fields: see clad/training/config.py)")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. -o steps=100 -o model.dynamics.tau=4 (repeatable)")
+    p.add_argument("--resume-from", help="start from this checkpoint directory instead of the run's latest")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or a local SQLite store)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a new local cluster)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipelines.ray_runtime import init_ray
+    from pipelines.tracking import resolve_tracking
+
+    cfg = load_train_config(args.config, [f"stage={args.stage}", *args.overrides])
+    init_ray(address=args.address)
+    tracking = resolve_tracking(Path(cfg.output_dir), uri=args.tracking_uri or cfg.tracking_uri,
+                                experiment=cfg.mlflow_experiment)
+    result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
+    if result.error:
+        raise result.error
+    final = cfg.run_dir / "final"
+    done = "done" if (final / "model.safetensors").is_file() else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
+    print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
+    print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
+    print(f"MLflow: {tracking.ui_command()}")
+    return 0

@@ -1,0 +1,290 @@
+"""`clad tune`: hyperparameter sweeps (foresight horizon tau x EMA decay m) on Ray Tune.
+
+    clad tune --space tune_spaces/tau_ema.yaml --config my_train.yaml [-o steps=2000] [--name sweep1]
+
+Pattern (the one Ray's documentation recommends for Ray Train V2): each Tune trial is a light driver
+function (0.05 CPU) that launches its own TorchTrainer with `TuneReportCallback`, so the trainer's
+validation reports reach the Tune scheduler (ASHA stops weak trials early; PBT is available). Concurrency
+is derived from the resources a trial's workers need and what the cluster has.
+
+Outputs in <output_dir>/<name>/: Tune's state (re-running the same command resumes an interrupted sweep),
+`results.csv` (trial, swept values, objective, steps), `best_config.yaml` (a TrainConfig that
+`clad train` accepts), and an MLflow parent run with one nested run per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from clad.config import FrozenConfig, apply_overrides, config_from_dict, read_yaml
+from clad.errors import ConfigError
+from clad.training.config import TrainConfig, load_train_config, resolve_model_section
+
+log = logging.getLogger(__name__)
+
+# objective name -> (stages a trial trains, metric reported by the last stage)
+OBJECTIVES = {
+    "recon_at_horizon": (("stage1",), "val/recon_at_horizon"),
+    "stage2_action_error": (("stage1", "stage2"), "val/action_mse"),
+}
+DRIVER_CPUS = 0.05  # a trial's driver only waits on its trainer
+
+
+class SchedulerConfig(FrozenConfig):
+    type: Literal["asha", "pbt", "fifo"] = "asha"
+    max_t: int = pydantic.Field(8, ge=1)  # in validation reports
+    grace_period: int = pydantic.Field(2, ge=1)
+    reduction_factor: float = pydantic.Field(2, gt=1)
+    perturbation_interval: int = pydantic.Field(2, ge=1)  # PBT only
+
+
+class TrialResources(FrozenConfig):
+    num_workers: int = pydantic.Field(1, ge=1)
+    cpus_per_worker: float = pydantic.Field(0.9, gt=0)
+    gpus_per_worker: float = pydantic.Field(0, ge=0)
+
+
+class SweepSpace(FrozenConfig):
+    name: str
+    objective: Literal["recon_at_horizon", "stage2_action_error"] = "recon_at_horizon"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = pydantic.Field(8, ge=1)
+    resources_per_trial: TrialResources = TrialResources()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    # dotted TrainConfig field -> one sampler: {choice: [...]}, {uniform: [a, b]}, {loguniform: [a, b]},
+    # {one_minus_loguniform: [a, b]} (samples x log-uniformly in [a, b] and uses 1 - x: EMA decays)
+    space: dict[str, dict[str, Any]]
+
+    @pydantic.field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        kinds = {"choice", "uniform", "loguniform", "one_minus_loguniform"}
+        for key, spec in v.items():
+            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in kinds:
+                raise ValueError(f"space.{key} must be one of {sorted(kinds)} with its arguments, e.g. {{choice: [2, 4]}}")
+            kind, args = next(iter(spec.items()))
+            if kind != "choice" and (not isinstance(args, list) or len(args) != 2 or not args[0] < args[1]):
+                raise ValueError(f"space.{key}.{kind} needs [low, high] with low < high, got {args}")
+            if kind in ("loguniform", "one_minus_loguniform") and args[0] <= 0:
+                raise ValueError(f"space.{key}.{kind} needs a positive low bound, got {args[0]}")
+        return v
+
+
+def load_space(path: str | Path) -> SweepSpace:
+    return config_from_dict(SweepSpace, read_yaml(path), str(path))
+
+
+def _sampler(kind: str, args):
+    from ray import tune
+
+    if kind == "choice":
+        return tune.choice(list(args))
+    if kind == "uniform":
+        return tune.uniform(*args)
+    if kind == "loguniform":
+        return tune.loguniform(*args)
+    lo, hi = math.log(args[0]), math.log(args[1])
+
+    def one_minus(_spec):
+        import random
+
+        return 1.0 - math.exp(random.uniform(lo, hi))
+
+    return tune.sample_from(one_minus)
+
+
+def param_space(space: SweepSpace) -> dict[str, Any]:
+    # Tune keys cannot contain dots in nested lookups; keep them flat and apply as overrides in the driver
+    return {key: _sampler(*next(iter(spec.items()))) for key, spec in space.space.items()}
+
+
+def trial_train_config(base: dict[str, Any], sampled: dict[str, Any], stage: str, trial_id: str, sweep_dir: Path,
+                       parent_run_id: str | None, resources: TrialResources) -> TrainConfig:
+    overrides = [f"{k}={v}" for k, v in sampled.items()] + [
+        f"stage={stage}", f"run_name={trial_id}-{stage}", f"output_dir={sweep_dir / 'trials'}",
+        f"num_workers={resources.num_workers}", f"cpus_per_worker={resources.cpus_per_worker}",
+        f"use_gpu={resources.gpus_per_worker > 0}",
+    ]
+    if parent_run_id:
+        overrides.append(f"parent_run_id={parent_run_id}")
+    if stage == "stage2":
+        overrides.append(f"stage1_checkpoint={sweep_dir / 'trials' / f'{trial_id}-stage1'}")
+    data = apply_overrides(base, overrides, source="sweep")
+    return config_from_dict(TrainConfig, resolve_model_section(data, "sweep trial"), f"sweep trial {trial_id}")
+
+
+def trial_driver(config: dict[str, Any]) -> None:
+    """One Tune trial: train the objective's stages with the sampled values; the last one reports to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.tracking import Tracking
+    from pipelines.train import run_training
+
+    ctx = config["__clad__"]
+    sampled = {k: v for k, v in config.items() if k != "__clad__"}
+    trial_id = tune.get_context().get_trial_id()
+    stages, _ = OBJECTIVES[ctx["objective"]]
+    tracking = Tracking(**ctx["tracking"]) if ctx.get("tracking") else None
+    for i, stage in enumerate(stages):
+        cfg = trial_train_config(ctx["base"], sampled, stage, trial_id, Path(ctx["sweep_dir"]), ctx.get("parent_run_id"),
+                                 TrialResources.model_validate(ctx["resources"]))
+        last = i == len(stages) - 1
+        result = run_training(cfg, tracking=tracking, callbacks=[TuneReportCallback()] if last else [])
+        if result.error:
+            raise result.error
+
+
+def max_concurrent(resources: TrialResources) -> int:
+    import ray
+
+    total = ray.cluster_resources()
+    per_trial_cpu = resources.num_workers * resources.cpus_per_worker + DRIVER_CPUS
+    n = int(total.get("CPU", 1) // per_trial_cpu)
+    if resources.gpus_per_worker > 0:
+        n = min(n, int(total.get("GPU", 0) // (resources.num_workers * resources.gpus_per_worker)))
+    if n < 1:
+        raise ConfigError(f"one trial needs {per_trial_cpu:.2f} CPU and {resources.gpus_per_worker * resources.num_workers} GPU "
+                          f"but the cluster has {total.get('CPU', 0)} CPU / {total.get('GPU', 0)} GPU: lower "
+                          "resources_per_trial in the space file")
+    return n
+
+
+def _scheduler(space: SweepSpace, metric: str):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    s = space.scheduler
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor)
+    if s.type == "pbt":
+        # exploit copies the donor's whole config; architecture-changing keys (tau) come back with its checkpoint
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+                                       hyperparam_mutations=param_space(space))
+    return FIFOScheduler()
+
+
+def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: Path, tracking=None, parent_run_id: str | None = None):
+    """Run (or resume) the sweep; returns the Tune ResultGrid."""
+    from ray import tune
+
+    _, metric = OBJECTIVES[space.objective]
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    ctx = {"base": base, "objective": space.objective, "sweep_dir": str(sweep_dir),
+           "resources": space.resources_per_trial.to_dict(), "parent_run_id": parent_run_id,
+           "tracking": tracking.__dict__ if tracking else None}
+    trainable = tune.with_resources(trial_driver, {"CPU": DRIVER_CPUS})
+    tune_path = sweep_dir / "tune"
+    if tune.Tuner.can_restore(str(tune_path)):
+        log.info("resuming the sweep in %s", tune_path)
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True,
+                                   param_space={**param_space(space), "__clad__": ctx})
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**param_space(space), "__clad__": ctx},
+            tune_config=tune.TuneConfig(metric=metric, mode=space.mode, num_samples=space.num_samples,
+                                        scheduler=_scheduler(space, metric),
+                                        max_concurrent_trials=max_concurrent(space.resources_per_trial)),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir)),
+        )
+    return tuner.fit()
+
+
+def write_outputs(results, space: SweepSpace, base: dict[str, Any], sweep_dir: Path) -> tuple[Path, Path, list[dict]]:
+    """results.csv (one row per trial) and best_config.yaml (the best trial's TrainConfig for `clad train`)."""
+    _, metric = OBJECTIVES[space.objective]
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        cfg = r.config or {}
+        rows.append({"trial": m.get("trial_id", Path(r.path).name if r.path else "?"),
+                     **{k: cfg.get(k) for k in space.space},
+                     "objective": m.get(metric), "steps": m.get("step"), "status": "error" if r.error else "ok"})
+    rows.sort(key=lambda row: (row["objective"] is None, (row["objective"] or 0) * (1 if space.mode == "min" else -1)))
+    table = sweep_dir / "results.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    best_path = sweep_dir / "best_config.yaml"
+    scored = [row for row in rows if row["objective"] is not None]
+    if scored:
+        best = scored[0]
+        data = apply_overrides(base, [f"{k}={best[k]}" for k in space.space], source="best trial")
+        data = resolve_model_section(data, "best trial")
+        data.pop("run_name", None)
+        data.pop("parent_run_id", None)
+        best_path.write_text(f"# best trial {best['trial']}: {metric} = {best['objective']:.6g} ({space.mode})\n"
+                             + yaml.safe_dump(config_from_dict(TrainConfig, data, "best trial").to_dict(), sort_keys=False))
+    return table, best_path, rows
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="sweep hyperparameters (tau x EMA decay) with Ray Tune",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", required=True, help="search-space YAML (see tune_spaces/)")
+    p.add_argument("--config", help="base TrainConfig YAML/JSON shared by every trial")
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config field (repeatable)")
+    p.add_argument("--name", help="sweep name (default: the space's name); re-use it to resume")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or a local SQLite store)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a new local cluster)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from pipelines.ray_runtime import init_ray
+    from pipelines.tracking import resolve_tracking, start_run
+
+    space = load_space(args.space)
+    base_cfg = load_train_config(args.config, args.overrides)  # validates the base before any trial starts
+    base = base_cfg.to_dict()
+    sweep_dir = Path(base_cfg.output_dir).resolve() / (args.name or space.name)
+    init_ray(address=args.address)
+    tracking = resolve_tracking(base_cfg.output_dir, uri=args.tracking_uri or base_cfg.tracking_uri,
+                                experiment=base_cfg.mlflow_experiment)
+    run_id_file = sweep_dir / "mlflow_run_id"
+    previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with start_run(tracking, f"sweep-{args.name or space.name}", run_id=previous, params={"space": space.to_dict()},
+                   tags={"clad.kind": "sweep"}) as run:
+        run_id_file.write_text(run.info.run_id)
+        results = run_sweep(space, base, sweep_dir, tracking=tracking, parent_run_id=run.info.run_id)
+        table, best, rows = write_outputs(results, space, base, sweep_dir)
+        mlflow.log_artifact(str(table))
+        if best.is_file():
+            mlflow.log_artifact(str(best))
+    _print_table(rows)
+    print(f"\nresults: {table}\nbest config: {best if best.is_file() else '(no trial finished)'}")
+    print(f"MLflow: {tracking.ui_command()}")
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("no trials")
+        return
+    keys = list(rows[0])
+    width = {k: max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(width[k]) for k in keys))
+    for r in rows:
+        print("  ".join(_fmt(r[k]).ljust(width[k]) for k in keys))
+
+
+def _fmt(v) -> str:
+    return f"{v:.5g}" if isinstance(v, float) else str(v)
