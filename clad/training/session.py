@@ -129,6 +129,7 @@ class TrainingSession:
         else:
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip_norm)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -141,7 +142,7 @@ class TrainingSession:
             self.policy_ema.step()
         self.step += 1
         metrics = dict(metrics)
-        metrics.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0])
+        metrics.update(grad_norm=float(grad_norm), lr=lr)
         if not all(map(_finite, metrics.values())):
             raise FloatingPointError(f"non-finite training metrics at step {self.step}: {metrics}")
         return metrics

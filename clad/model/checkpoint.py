@@ -1,0 +1,154 @@
+"""Checkpoints without pickle: a directory per stage holding
+
+    model.safetensors   weights + normaliser buffers (metadata: stage, format)
+    config.json         the resolved ModelConfig
+    stats.json          the normalisation statistics (also inside the weights, kept readable here)
+
+stage1 holds the normaliser, the (trainable) backbone, its EMA copy and the dynamics; stage2 holds everything.
+A frozen pretrained backbone is never copied in: it is reloaded from `vision.checkpoint_dir`.
+
+    save_checkpoint(model, "runs/x/stage1", "stage1")
+    model = load_checkpoint("runs/x/stage2")                       # config from the directory
+    load_checkpoint("runs/x/stage1", model=model)                  # into a model being trained in stage 2
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from clad.config import config_from_dict, save_config
+from clad.errors import CheckpointError, ConfigError
+from clad.model.config import RUNTIME_FIELDS, ModelConfig
+from clad.model.model import CladModel
+from clad.model.normalizer import check_stats
+
+Stage = Literal["stage1", "stage2"]
+FORMAT = "clad-model-v1"
+WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
+
+
+def _stage_keys(model: CladModel, stage: str) -> list[str]:
+    keys = []
+    for k in model.state_dict():
+        if k.startswith("vision.backbone."):  # frozen pretrained weights live in vision.checkpoint_dir
+            continue
+        if stage == "stage1" and k.startswith("policy."):
+            continue
+        keys.append(k)
+    return keys
+
+
+def save_checkpoint(model: CladModel, directory: str | Path, stage: Stage) -> Path:
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+    if stage == "stage1" and model.dynamics is None:
+        raise CheckpointError("policy.foresight='none' has no stage 1 to save")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    tensors = {k: state[k].detach().contiguous().cpu() for k in _stage_keys(model, stage)}
+    save_file(tensors, str(directory / WEIGHTS), metadata={"stage": stage, "format": FORMAT})
+    save_config(model.cfg, directory / CONFIG)
+    (directory / STATS).write_text(json.dumps(model.normalizer.stats(), indent=2) + "\n")
+    return directory
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def config_differences(saved: ModelConfig, requested: ModelConfig, stage: str) -> list[str]:
+    """Dotted fields whose values differ, ignoring run-time fields (and the policy for a stage-1 checkpoint)."""
+    a, b = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if k in RUNTIME_FIELDS or (stage == "stage1" and k.startswith("policy.")):
+            continue
+        if a.get(k) != b.get(k):
+            diffs.append(f"field '{k}': checkpoint has {a.get(k)!r}, config requests {b.get(k)!r}")
+    return diffs
+
+
+def read_checkpoint_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {Path(directory)} is not a clad model checkpoint")
+    try:
+        return config_from_dict(ModelConfig, json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, ConfigError) as err:
+        raise CheckpointError(f"{path} does not hold a valid ModelConfig: {err}") from None
+
+
+def load_checkpoint(
+    directory: str | Path,
+    cfg: ModelConfig | None = None,
+    model: CladModel | None = None,
+    device: str | torch.device = "cpu",
+) -> CladModel:
+    """Load a stage-1 or stage-2 checkpoint into `model` (or a new CladModel built from `cfg` / the saved config).
+
+    Raises CheckpointError naming the config field(s) that differ from the saved config, or the parameter(s)
+    whose shapes differ, or missing files/keys.
+    """
+    directory = Path(directory)
+    saved_cfg = read_checkpoint_config(directory)
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from None
+    stage = meta.get("stage")
+    if meta.get("format") != FORMAT or stage not in ("stage1", "stage2"):
+        raise CheckpointError(f"{weights} was not written by clad.model.checkpoint (metadata {meta})")
+    if (directory / STATS).is_file():
+        check_stats(json.loads((directory / STATS).read_text()), str(directory / STATS))
+
+    requested = model.cfg if model is not None else cfg
+    if requested is not None:
+        diffs = config_differences(saved_cfg, requested, stage)
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint {directory} ({stage}) does not match the requested config:\n  " + "\n  ".join(diffs)
+            )
+    if model is None:
+        model = CladModel(requested or saved_cfg).to(device)
+
+    expected = _stage_keys(model, stage)
+    state = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in state]
+    shapes = [
+        f"'{k}': checkpoint {tuple(v.shape)} vs model {tuple(state[k].shape)}"
+        for k, v in tensors.items()
+        if k in state and tuple(v.shape) != tuple(state[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch for parameter(s) " + "; ".join(shapes[:10]))
+        if missing:
+            parts.append(f"missing parameter(s) {missing[:10]}")
+        if unexpected:
+            parts.append(f"unexpected parameter(s) {unexpected[:10]}")
+        raise CheckpointError(f"checkpoint {directory} does not fit the model: " + " | ".join(parts))
+    model.load_state_dict(tensors, strict=False)
+    if stage == "stage2" and model.dynamics is not None:
+        model.freeze_stage1()  # a stage-2 model is always used with stage 1 frozen
+    return model

@@ -1,0 +1,246 @@
+"""CladModel: normaliser + vision + stage-1 dynamics + stage-2 policy, consuming clad/data/batch.py batches.
+
+Training:
+    model = CladModel(cfg, stats)
+    # stage 1
+    loss, metrics = model.stage1_loss(batch); loss.backward(); opt1.step(); model.update_ema()
+    # stage 2
+    model.freeze_stage1()
+    loss, metrics = model.stage2_loss(batch); loss.backward(); opt2.step()
+    (optimisers over model.stage1_parameters() / model.stage2_parameters())
+
+Inference (see clad/model/agent.py for the closed loop):
+    model.foresight(obs)        -> (z^_p, z^_s), (B, H) each
+    model.predict_actions(obs)  -> (B, C, 7) raw env units
+
+Batch keys consumed (values raw, see clad/data/batch.py):
+    stage 1: rgb_prev/curr/next (or feat_prev/curr/next), proprio_prev/curr/next, actions_past,
+             actions_past_mask, lang_emb
+    stage 2: rgb_prev/curr (or feat_*), proprio_prev/curr, actions_past, actions_past_mask, lang_emb,
+             actions_future, actions_future_mask
+    inference (`obs`): the stage-2 keys without actions_future*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from clad.errors import ConfigError
+from clad.model.config import ModelConfig
+from clad.model.dynamics import CrossModalDynamics, ema_update, pool_tokens
+from clad.model.normalizer import Normalizer
+from clad.model.policy import ForesightPolicy
+from clad.model.vision import VisionEncoder, downsample_images
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def autocast_context(mode: str, device: torch.device):
+    """bf16/fp16 autocast on CUDA; a no-op on CPU or with mode 'none'."""
+    if mode == "none" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+class CladModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, stats: Mapping | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.normalizer = Normalizer(
+            {"proprio": (cfg.proprio_dim, cfg.proprio_norm), "actions": (cfg.action_dim, "minmax")}
+        )
+        if stats is not None:
+            self.normalizer.set_stats(stats)
+        v = cfg.vision
+        # A frozen backbone without a checkpoint directory = features-only mode (batches carry feat_*).
+        self.vision = VisionEncoder(v) if (v.trainable or v.checkpoint_dir is not None) else None
+        self.target_vision = None
+        self.dynamics = None
+        if cfg.has_dynamics:
+            recon_dim = v.num_views * 3 * v.recon_image_size**2 if v.trainable else cfg.visual_dim
+            self.dynamics = CrossModalDynamics(cfg, recon_dim)
+            if v.trainable:  # the EMA targets include the trainable backbone
+                self.target_vision = copy.deepcopy(self.vision).requires_grad_(False)
+        self.policy = ForesightPolicy(cfg)
+        self.stage1_frozen = False
+        if self.target_vision is not None:
+            self.target_vision.eval()
+
+    # ------------------------------------------------------------------------------------------------------
+    # bookkeeping
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def autocast(self):
+        return autocast_context(self.cfg.autocast, self.device)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.target_vision is not None:
+            self.target_vision.eval()
+        if self.stage1_frozen:
+            for m in self._stage1_modules():
+                m.eval()
+        return self
+
+    def _stage1_modules(self) -> list[nn.Module]:
+        mods = [self.dynamics, self.target_vision]
+        if self.dynamics is not None:
+            mods.append(self.vision)  # a trainable backbone is trained in stage 1 only
+        return [m for m in mods if m is not None]
+
+    def freeze_stage1(self) -> None:
+        """Stage 2: stage 1 gets no gradient, stays in eval mode (no action masking, no dropout)."""
+        for m in self._stage1_modules():
+            m.requires_grad_(False)
+            m.eval()
+        self.stage1_frozen = True
+
+    def stage1_parameters(self) -> Iterator[nn.Parameter]:
+        if self.dynamics is None:
+            raise ConfigError("policy.foresight='none' has no stage 1 to train")
+        mods = [self.dynamics] + ([self.vision] if self.cfg.vision.trainable else [])
+        for m in mods:
+            yield from (p for p in m.parameters() if p.requires_grad)
+
+    def stage2_parameters(self) -> Iterator[nn.Parameter]:
+        yield from (p for p in self.policy.parameters() if p.requires_grad)
+        if self.dynamics is None and self.cfg.vision.trainable:  # policy-only: the CNN is trained here
+            yield from self.vision.parameters()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Call after every stage-1 optimizer step."""
+        if self.dynamics is None:
+            return
+        self.dynamics.update_ema()
+        if self.target_vision is not None:
+            ema_update(self.target_vision, self.vision, self.cfg.dynamics.ema_decay)
+
+    def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
+        dev = self.device
+        return {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------------------------------------------
+    # inputs
+
+    def visual_features(self, batch: Batch, frames: Sequence[str], target: bool = False) -> list[torch.Tensor]:
+        """v for each frame name ('prev', 'curr', 'next'): a list of (B, V * F).
+
+        Precomputed `feat_<frame>` keys (B, V, F) are used when the backbone is frozen; otherwise the frames
+        go through the (target) backbone together, sharing one random crop per sample.
+        """
+        keys = [f"feat_{f}" for f in frames]
+        if not self.cfg.vision.trainable and all(k in batch for k in keys):
+            return [batch[k].flatten(1).float() for k in keys]
+        if self.vision is None:
+            raise ConfigError(
+                f"vision.backbone='{self.cfg.vision.backbone}' without vision.checkpoint_dir runs on precomputed "
+                f"features, but the batch lacks {[k for k in keys if k not in batch]}: set vision.checkpoint_dir "
+                "or precompute the features"
+            )
+        net = self.target_vision if target and self.target_vision is not None else self.vision
+        rgb = torch.cat([batch[f"rgb_{f}"] for f in frames])
+        with torch.no_grad() if target else contextlib.nullcontext():
+            feats = net(rgb, share=len(frames))
+        return list(feats.float().split(batch[f"rgb_{frames[0]}"].shape[0]))
+
+    def _dynamics_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        norm = self.normalizer
+        v_prev, v_curr = self.visual_features(batch, ("prev", "curr"))
+        return dict(
+            p_prev=norm.normalize("proprio", batch["proprio_prev"].float()),
+            p_curr=norm.normalize("proprio", batch["proprio_curr"].float()),
+            v_prev=v_prev,
+            v_curr=v_curr,
+            lang=batch["lang_emb"].float(),
+            actions=norm.normalize("actions", batch["actions_past"].float()),
+            valid=batch["actions_past_mask"].bool(),
+        )
+
+    # ------------------------------------------------------------------------------------------------------
+    # stage 1
+
+    def stage1_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_latent + lambda_recon * L_recon on a training batch; metrics as floats."""
+        if self.dynamics is None:
+            raise ConfigError("policy.foresight='none' has no stage 1 to train")
+        batch = self._to_device(batch)
+        with self.autocast():
+            inputs = self._dynamics_inputs(batch)
+            p_next = self.normalizer.normalize("proprio", batch["proprio_next"].float())
+            if self.cfg.vision.trainable:
+                (v_next,) = self.visual_features(batch, ("next",), target=True)
+                # a fixed, observable target: the learned feature would move with the weights
+                recon_s = downsample_images(batch["rgb_next"], self.cfg.vision.recon_image_size)
+            else:
+                (v_next,) = self.visual_features(batch, ("next",))
+                recon_s = v_next
+            return self.dynamics.loss(inputs, p_next, v_next, recon_s)
+
+    # ------------------------------------------------------------------------------------------------------
+    # stage 2 and inference
+
+    def foresight(self, obs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent foresight at t + tau: (z^_p, z^_s), (B, H) each. Gradients flow only if stage 1 is trainable."""
+        if self.dynamics is None:
+            raise ConfigError("policy.foresight='none' has no foresight")
+        obs = self._to_device(obs)
+        with self.autocast():
+            return self.dynamics(**self._dynamics_inputs(obs))
+
+    def policy_condition(self, obs: Batch) -> torch.Tensor:
+        """The denoiser's condition (B, G) for the current observation window."""
+        pol = self.policy
+        obs = self._to_device(obs)
+        frozen = torch.no_grad() if self.dynamics is not None else contextlib.nullcontext()
+        p_curr = self.normalizer.normalize("proprio", obs["proprio_curr"].float())
+        lang = obs["lang_emb"].float()
+        z_p = z_s = None
+        with frozen:  # stage 1 (incl. a stage-1-trained backbone) never receives policy gradients
+            if self.dynamics is not None:
+                inputs = self._dynamics_inputs(obs)
+                z_p, z_s = self.dynamics(**inputs)
+                v_curr = inputs["v_curr"]
+            else:
+                (v_curr,) = self.visual_features(obs, ("curr",))
+            if pol.obs_encoders is None:  # reuse the frozen stage-1 state encoders
+                how = self.cfg.dynamics.target_pool
+                o_p = pool_tokens(self.dynamics.encoders.proprio(p_curr), how)
+                o_s = pool_tokens(self.dynamics.encoders.semantic(v_curr, lang), how)
+        if pol.obs_encoders is not None:
+            o_p = pol.obs_encoders.proprio(p_curr)
+            o_s = pol.obs_encoders.semantic(v_curr.detach() if self.dynamics is not None else v_curr, lang)
+        return pol.condition(o_p, o_s, z_p, z_s)
+
+    def stage2_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """DDPM epsilon loss of the policy, masked by actions_future_mask. Stage 1 must be frozen."""
+        if self.dynamics is not None and not self.stage1_frozen:
+            raise RuntimeError("call model.freeze_stage1() before stage-2 training")
+        batch = self._to_device(batch)
+        with self.autocast():
+            cond = self.policy_condition(batch)
+            actions = self.normalizer.normalize("actions", batch["actions_future"].float())
+            if actions.shape[1] != self.cfg.policy.chunk_length:
+                raise ValueError(
+                    f"batch has {actions.shape[1]} future actions, policy.chunk_length is {self.cfg.policy.chunk_length}"
+                )
+            return self.policy.loss(actions, batch["actions_future_mask"].bool(), cond)
+
+    @torch.no_grad()
+    def predict_actions(
+        self, obs: Batch, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """obs window -> action chunk (B, C, A) in raw env units. `noise` (B, C, A) optionally fixes the
+        initial diffusion sample (DDIM is then deterministic)."""
+        with self.autocast():
+            cond = self.policy_condition(obs)
+            actions = self.policy.sample(cond.float(), generator, noise)
+        return self.normalizer.unnormalize("actions", actions.float())

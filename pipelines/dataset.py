@@ -1,0 +1,108 @@
+"""Ray layer over a preprocessed dataset: episode rows -> streaming window samples for training.
+
+    ds = load_split("data/libero_spatial", "train")                      # ray.data.Dataset of episode rows
+    wins = window_dataset(ds, spec, load_language("data/libero_spatial"), episode_shuffle=True)
+    for batch in wins.iter_torch_batches(batch_size=64, local_shuffle_buffer_size=2048):
+        batch["rgb_curr"]  # torch.uint8 (B, V, 3, H, W) ... keys/dtypes/shapes of clad/data/batch.py
+
+Windows are cut per episode inside map_batches (a flat_map: 1 episode row in, T/stride window rows out,
+yielded in chunks of `max_batch` so a long episode never materialises all its windows at once). Window
+columns are fixed-shape ndarrays, so Ray stores them as tensor columns and `iter_torch_batches` returns
+real tensors (not object arrays).
+
+Shuffling, from cheap to expensive:
+  * `episode_shuffle=True`: Parquet files are read in random order and blocks (1 episode each) are visited in
+    random order, re-drawn every time the dataset is iterated (i.e. every epoch);
+  * `local_shuffle_buffer_size` on iter_torch_batches: mixes windows across episodes within a buffer;
+  * `global_shuffle=True`: `random_shuffle()` of all windows (full shuffle; windows are ~3x the episode
+    data, so only for small datasets).
+
+Single-process use without Ray: clad.data.store.iter_dataset_windows (re-exported here as iter_windows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from clad.data.episode_table import decode_episodes
+from clad.data.store import iter_dataset_windows as iter_windows  # noqa: F401  (plain-Python iterator)
+from clad.data.store import DECODE_COLUMNS, load_language, split_dir  # noqa: F401
+from clad.data.windows import WindowSpec, iter_window_batches
+from clad.errors import DataError
+
+WINDOW_CPUS = 0.5  # fractional: whole-CPU map tasks starve Train workers on small machines (ray-stack.md §3-4)
+
+
+def _read_row_groups(batch: dict[str, np.ndarray], columns: list[str] | None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = [pq.ParquetFile(str(f)).read_row_group(int(g), columns=columns)
+              for f, g in zip(batch["file"], batch["row_group"])]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def load_split(dataset_dir: str | Path, split: str, columns: Sequence[str] | None = None,
+               shuffle_files: bool = False, num_cpus: float = WINDOW_CPUS):
+    """The episode rows of one split as a lazy ray.data.Dataset (one block per row group = per episode).
+
+    Reads go through `from_items` + a fractional-CPU map instead of `read_parquet`: Ray Data's file-listing
+    task claims a whole CPU, and a Train worker group or a few Tune trials holding more than half of a
+    2-CPU machine then leave it unschedulable forever (no error, no progress).
+    """
+    import pyarrow.parquet as pq
+    import ray
+
+    d = split_dir(dataset_dir, split)
+    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
+    if not files:
+        raise DataError(f"split '{split}' of {dataset_dir} has no episodes (no Parquet files in {d})")
+    units = [{"file": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    if shuffle_files:
+        np.random.default_rng().shuffle(units)
+    cols = None if columns is None else sorted(set(columns) | DECODE_COLUMNS)  # decoding needs the shape columns
+    return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+        _read_row_groups, batch_size=1, batch_format="numpy", num_cpus=num_cpus, fn_kwargs={"columns": cols})
+
+
+def _windows_udf(batch: pa.Table, spec: dict, lang: np.ndarray, max_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    window_spec = WindowSpec(**spec)
+    for ep in decode_episodes(batch):
+        yield from iter_window_batches(ep, window_spec, lang[ep["task_index"]], max_batch=max_batch)
+
+
+def window_dataset(ds, spec: WindowSpec, lang_table: np.ndarray, *, episode_shuffle: bool = False,
+                   global_shuffle: bool = False, seed: int | None = None, max_batch: int = 64,
+                   num_cpus: float = WINDOW_CPUS):
+    """Episode-row Dataset -> Dataset of window samples (columns = clad/data/batch.py keys).
+
+    `lang_table` is (num_tasks, E) from `load_language(dataset_dir)`. `seed` fixes the shuffles (None:
+    a new order every epoch).
+    """
+    if episode_shuffle:
+        ds = ds.randomize_block_order(seed=seed)
+    spec_dict = {"tau": spec.tau, "chunk": spec.chunk, "views": list(spec.views),
+                 "proprio_keys": list(spec.proprio_keys), "use_features": spec.use_features, "stride": spec.stride}
+    out = ds.map_batches(_windows_udf, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus,
+                         fn_kwargs={"spec": spec_dict, "lang": np.asarray(lang_table, np.float32),
+                                    "max_batch": max_batch})
+    if global_shuffle:
+        out = out.random_shuffle(seed=seed)
+    return out
+
+
+def dataset_windows(dataset_dir: str | Path, split: str, spec: WindowSpec, **kwargs):
+    """load_split + window_dataset in one call (episode_shuffle also shuffles the Parquet file order)."""
+    ds = load_split(dataset_dir, split, shuffle_files=bool(kwargs.get("episode_shuffle")))
+    return window_dataset(ds, spec, load_language(dataset_dir), **kwargs)
+
+
+def iter_torch_windows(wins, batch_size: int, *, local_shuffle_buffer_size: int | None = None,
+                       seed: int | None = None, drop_last: bool = False, device: str = "cpu"):
+    """Torch batches (dicts of tensors with the dtypes/shapes of clad/data/batch.py) from `window_dataset`.
+    Also works on a Ray Train shard (`ray.train.get_dataset_shard(...)`), which has the same method."""
+    return wins.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                   local_shuffle_seed=seed, drop_last=drop_last, device=device)

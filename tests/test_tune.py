@@ -1,0 +1,88 @@
+"""`clad tune` on a real local Ray and MLflow: a 2-trial tau x EMA-decay sweep, its results table, the
+best-config file (which `clad train` accepts), nesting in MLflow, and resuming a finished sweep."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from clad.errors import ConfigError
+from libero_files import write_demo_file
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_space_file_errors_name_the_field(tmp_path):
+    from pipelines.tune import load_space
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nspace:\n  model.dynamics.tau: {choise: [2, 4]}\n")
+    with pytest.raises(ConfigError, match="space.model.dynamics.tau"):
+        load_space(bad)
+    bad.write_text("name: x\nspace:\n  model.dynamics.ema_decay: {one_minus_loguniform: [0.01, 0.001]}\n")
+    with pytest.raises(ConfigError, match="low < high"):
+        load_space(bad)
+
+
+def test_shipped_space_samples_the_paper_ranges():
+    from pathlib import Path
+
+    from pipelines.tune import load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "tau_ema.yaml")
+    assert space.space["model.dynamics.tau"] == {"choice": [2, 4, 6, 8, 12, 16]}
+    lo, hi = space.space["model.dynamics.ema_decay"]["one_minus_loguniform"]
+    assert (1 - hi, 1 - lo) == pytest.approx((0.99, 0.9995))
+
+
+def test_two_trial_sweep(ray_session, tmp_path, monkeypatch):
+    from clad.data.preprocess_config import PreprocessConfig
+    from clad.training.config import load_train_config
+    from pipelines.cli import main
+    from pipelines.preprocess import run_preprocess
+
+    for i in range(2):
+        write_demo_file(tmp_path / "raw", f"task_{i}", lengths=(20, 24, 28), image_size=32, seed=i)
+    run_preprocess(tmp_path / "raw", tmp_path / "ds", PreprocessConfig(val_fraction=0.3))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "dataset_dir": str(tmp_path / "ds"), "output_dir": str(tmp_path / "out"), "model_preset": "tiny",
+        "steps": 2, "batch_size": 8, "validate_every": 1, "checkpoint_every": 2, "val_batches": 1,
+        "optim": {"warmup_steps": 1}}))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "tiny", "num_samples": 2, "resources_per_trial": {"num_workers": 1, "cpus_per_worker": 0.45},
+        "scheduler": {"type": "asha", "max_t": 2, "grace_period": 1},
+        "space": {"model.dynamics.tau": {"choice": [2, 3]},
+                  "model.dynamics.ema_decay": {"one_minus_loguniform": [0.0005, 0.01]}}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["tune", "--space", str(space), "--config", str(base)]) == 0
+
+    sweep = tmp_path / "out" / "tiny"
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert len(rows) == 2
+    for row in rows:
+        assert int(row["model.dynamics.tau"]) in (2, 3)
+        assert 0.99 <= float(row["model.dynamics.ema_decay"]) <= 0.9995
+        assert float(row["objective"]) > 0 and int(row["steps"]) >= 1
+    best = load_train_config(sweep / "best_config.yaml")  # `clad train` accepts it
+    assert best.model.dynamics.tau == int(rows[0]["model.dynamics.tau"])
+    assert best.model.dynamics.ema_decay == pytest.approx(float(rows[0]["model.dynamics.ema_decay"]))
+
+    # MLflow: one sweep run holding one stage-1 run per trial, with the sampled values as params
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("clad")
+    sweeps = client.search_runs([exp.experiment_id], "tags.`clad.kind` = 'sweep'")
+    assert len(sweeps) == 1
+    trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{sweeps[0].info.run_id}'")
+    assert sorted(r.data.params["model.dynamics.tau"] for r in trials) == sorted(r["model.dynamics.tau"] for r in rows)
+    assert [a.path for a in client.list_artifacts(sweeps[0].info.run_id)] == ["best_config.yaml", "results.csv"]
+
+    # running the same command again restores the finished sweep instead of training new trials
+    before = {p.name for p in (sweep / "trials").iterdir()}
+    assert main(["tune", "--space", str(space), "--config", str(base)]) == 0
+    assert {p.name for p in (sweep / "trials").iterdir()} == before
+    assert len(list(csv.DictReader((sweep / "results.csv").open()))) == 2
