@@ -18,6 +18,9 @@ from clad.errors import CladError
 COMMAND_MODULES = [
     "pipelines.demos",
     "pipelines.preprocess",
+    "pipelines.train",
+    "pipelines.tune",
+    "pipelines.evaluate",
 ]
 
 
