@@ -60,7 +60,11 @@ def _describe_error(err: pydantic.ValidationError, source: str) -> str:
             fix = ""  # a cross-field check: its message says what to change
         else:
             fix = f"got {e.get('input')!r}"
-        lines.append(f"  field '{field}': {e['msg']}" + (f" ({fix})" if fix else ""))
+        msg = e["msg"].removeprefix("Value error, ")
+        if field == "<root>" and msg.startswith("invalid config in"):
+            lines = [msg]  # a nested config already named its source and fields
+            continue
+        lines.append(f"  field '{field}': {msg}" + (f" ({fix})" if fix else ""))
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clad.errors import ConfigError
 from clad.training.config import TrainConfig, load_train_config
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,21 @@ WINDOW_MAX_BATCH = 64
 
 
 def _window_spec(cfg: TrainConfig, split: str):
+    """Windows for this model. A frozen backbone reads the features preprocessing stored, when there are any."""
+    from clad.data.manifest import read_manifest
     from clad.data.windows import WindowSpec
 
     m = cfg.model
+    stored_features = bool(read_manifest(cfg.dataset_dir).get("feature_backbone"))
+    if not m.vision.trainable and not stored_features and m.vision.checkpoint_dir is None:
+        raise ConfigError(f"model.vision.backbone={m.vision.backbone} is frozen but has no weights "
+                          f"(model.vision.checkpoint_dir) and {cfg.dataset_dir} stores no features: set one of them")
     return WindowSpec(
         tau=m.dynamics.tau,
         chunk=m.policy.chunk_length,
         views=tuple(m.vision.cameras),
         proprio_keys=tuple(m.proprio_keys),
-        use_features=not m.vision.trainable and m.vision.checkpoint_dir is None,
+        use_features=not m.vision.trainable and stored_features,
         stride=cfg.loader.window_stride if split == "train" else cfg.loader.val_window_stride,
     )
 
