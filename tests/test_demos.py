@@ -21,13 +21,13 @@ def demo_run(tmp_path_factory):
     from clad.libero.demos import generate_task_demos
 
     out = tmp_path_factory.mktemp("demos")
-    report = generate_task_demos(SUITE, TASK, out, episodes=1, image_size=SIZE, max_attempts=3)
+    report = generate_task_demos(SUITE, TASK, out, episodes=2, image_size=SIZE, max_attempts=4)
     return out, report
 
 
 def test_expert_solves_a_libero_object_task(demo_run):
     out, rep = demo_run
-    assert rep.demos == 1 and rep.attempts >= 1 and not rep.skipped
+    assert rep.demos == 2 and rep.attempts >= 2 and not rep.skipped
     assert rep.file.endswith(demo_file_name(rep.task_name)) and (out / demo_file_name(rep.task_name)).is_file()
     assert not list(out.glob(".*.tmp*")), "temporary file left behind"
 
@@ -40,8 +40,8 @@ def test_demo_file_has_the_exact_layout(demo_run):
     with h5py.File(out / demo_file_name(spec.name), "r") as f:
         data = f["data"]
         assert set(data.attrs) == set(DATA_ATTRS)
-        assert list(data.keys()) == ["demo_0"]
-        assert int(data.attrs["num_demos"]) == 1
+        assert list(data.keys()) == ["demo_0", "demo_1"]
+        assert int(data.attrs["num_demos"]) == 2
         assert data.attrs["macros_image_convention"] == "opengl"
         assert json.loads(data.attrs["problem_info"])["language_instruction"]
         assert "(:goal" in data.attrs["bddl_file_content"]
@@ -50,7 +50,8 @@ def test_demo_file_has_the_exact_layout(demo_run):
         assert env_args["type"] == 1 and env_args["env_kwargs"]["camera_heights"] == SIZE
         demo = data["demo_0"]
         T = int(demo.attrs["num_samples"])
-        assert int(data.attrs["total"]) == T == rep.steps > 10
+        assert int(data.attrs["total"]) == T + int(data["demo_1"].attrs["num_samples"]) == rep.steps
+        assert T > 10
         assert set(demo.attrs) == set(DEMO_ATTRS)
         assert set(demo.keys()) == set(DEMO_DATASETS) | {"obs"}
         assert demo["actions"].shape == (T, ACTION_DIM) and demo["actions"].dtype == np.float64
@@ -107,3 +108,45 @@ def test_clad_demos_on_ray_writes_file_and_report_and_resumes(ray_session, tmp_p
     report = json.loads((out / "expert_report.json").read_text())
     assert report[0]["skipped"] and report[0]["demos"] == 1
     assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_preprocessing_the_simulator_demos(demo_run, ray_session, tmp_path):
+    """The real pipeline on real simulator files: schema, split, statistics, windows for two horizons."""
+    from clad.data.preprocess_config import PreprocessConfig
+    from clad.data.store import iter_dataset_windows, iter_episodes
+    from clad.data.windows import WindowSpec, check_sample, window_shapes
+    from pipelines.preprocess import run_preprocess
+
+    out, _ = demo_run
+    ds = tmp_path / "ds"
+    run_preprocess(out, ds, PreprocessConfig(val_fraction=0.5))
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert manifest["counts"]["episodes"] == {"train": 1, "val": 1}
+    assert manifest["image_size"] == [SIZE, SIZE]
+    (train_ep,) = list(iter_episodes(ds, "train"))
+    (val_ep,) = list(iter_episodes(ds, "val"))
+    assert {train_ep["episode_id"], val_ep["episode_id"]} == {f"{demo_file_name(train_ep['task_name'])}#demo_{i}"
+                                                          for i in (0, 1)}
+    with h5py.File(out / demo_file_name(train_ep["task_name"]), "r") as f:
+        demo = f["data"][train_ep["episode_id"].split("#")[1]]
+        np.testing.assert_array_equal(train_ep["agentview_rgb"], demo["obs/agentview_rgb"][()])
+        actions = demo["actions"][()]
+    stats = json.loads((ds / "stats.json").read_text())["keys"]["actions"]
+    np.testing.assert_allclose(stats["mean"], actions.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["max"], actions.max(0), rtol=1e-5, atol=1e-6)
+    for tau in (2, 6):
+        spec = WindowSpec(tau=tau, chunk=4, views=("agentview", "eye_in_hand"))
+        windows = [w for b in iter_dataset_windows(ds, "train", spec) for w in _rows(b)]
+        assert len(windows) == train_ep["length"]
+        shapes = window_shapes(spec, (SIZE, SIZE), lang_dim=384)
+        for w in windows:
+            check_sample(w, shapes)
+        # frame t - tau of the window at t is frame max(t - tau, 0) of the episode
+        t = train_ep["length"] - 1
+        np.testing.assert_array_equal(windows[t]["rgb_prev"][0], train_ep["agentview_rgb"][t - tau].transpose(2, 0, 1))
+
+
+def _rows(batch):
+    n = len(next(iter(batch.values())))
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]

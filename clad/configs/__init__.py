@@ -1,0 +1,1 @@
+"""Shipped pipeline configs: `clad pipeline --config <name>` loads `<name>.yaml` from here."""

@@ -1,0 +1,115 @@
+"""Adapter from env observations to the CLaD agent's inputs, and the agent as a rollout policy.
+
+    adapter = AgentInputAdapter(cameras=("agentview",), proprio_keys=("joint_states", "gripper_states"))
+    rgb, proprio = adapter.images_and_proprio(obs)     # (B, V, 3, H, W) uint8, (B, D_p) float32 raw
+    lang = adapter.language(["put the soup in the basket"])   # (B, E) float32
+
+The views, proprio keys and language width come from the checkpoint's model config (clad/model/config.py
+`ModelConfig.vision.cameras`, `.proprio_keys`, `.lang_dim`), so eval reads exactly what training read.
+
+ADAPTER BOUNDARY (clad/model/agent.py): `CladAgentPolicy` expects
+    Agent.from_checkpoint(dir, device=...)  (or Agent.load)     with .config -> ModelConfig
+    agent.reset(env_ids)                                          clears per-env history
+    agent.act(env_ids, rgb, proprio, lang_emb[, seeds, steps]) -> (B, 7) actions
+`seeds`/`steps` are passed only if `act` accepts them; without them the diffusion sampling noise is
+drawn from the agent's own generator, so in-actor and policy-server results can differ (see README).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import numpy as np
+
+from clad.data.libero_layout import CAMERA_TO_OBS_KEY, LOWDIM_KEYS
+from clad.errors import CheckpointError
+from clad.eval.policy import EpisodeContext
+
+__all__ = ["AgentInputAdapter", "CladAgentPolicy"]
+
+
+class AgentInputAdapter:
+    """Turns B observation dicts (env layout) into the agent's batched inputs."""
+
+    def __init__(self, cameras: Sequence[str], proprio_keys: Sequence[str], lang_dim: int | None = None):
+        self.cameras = tuple(cameras)
+        self.proprio_keys = tuple(proprio_keys)
+        bad = [k for k in self.proprio_keys if k not in LOWDIM_KEYS]
+        if bad:
+            raise ValueError(f"unknown proprio keys {bad}: choose from {sorted(LOWDIM_KEYS)}")
+        self.image_keys = tuple(CAMERA_TO_OBS_KEY[c] for c in self.cameras)
+        self.lang_dim = lang_dim
+        self._lang_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        return self.image_keys + self.proprio_keys
+
+    def images_and_proprio(self, obs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """B dicts -> rgb (B, V, 3, H, W) uint8 as stored (OpenGL-flipped, like the demos), proprio (B, D_p)."""
+        rgb = np.stack([np.stack([np.asarray(o[k], dtype=np.uint8).transpose(2, 0, 1) for k in self.image_keys])
+                        for o in obs]) if self.image_keys else np.zeros((len(obs), 0, 3, 0, 0), np.uint8)
+        proprio = np.stack([np.concatenate([np.asarray(o[k], dtype=np.float32).reshape(-1)
+                                            for k in self.proprio_keys]) for o in obs])
+        return rgb, proprio.astype(np.float32)
+
+    def language(self, instructions: Sequence[str]) -> np.ndarray:
+        """(B,) instructions -> (B, E) float32 embeddings (the encoder training used; cached per string)."""
+        missing = sorted({s for s in instructions if s not in self._lang_cache})
+        if missing:
+            from clad.data.language import encode_instructions
+
+            for s, e in zip(missing, encode_instructions(missing)):
+                self._lang_cache[s] = e
+        out = np.stack([self._lang_cache[s] for s in instructions]).astype(np.float32)
+        if self.lang_dim is not None and out.shape[1] != self.lang_dim:
+            raise CheckpointError(f"language embeddings have width {out.shape[1]} but the checkpoint expects "
+                                  f"lang_dim={self.lang_dim}")
+        return out
+
+
+class CladAgentPolicy:
+    """The CLaD agent (clad/model/agent.py) behind the RolloutPolicy protocol."""
+
+    needs_env = False
+
+    def __init__(self, agent, adapter: AgentInputAdapter):
+        self.agent = agent
+        self.adapter = adapter
+        self.obs_keys = adapter.obs_keys
+        self._lang: dict[int, str] = {}
+        self._seeds: dict[int, int] = {}
+        params = inspect.signature(agent.act).parameters
+        self._seeded = "seeds" in params and "steps" in params
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, device: str = "cpu") -> "CladAgentPolicy":
+        try:
+            from clad.model.agent import Agent
+        except ImportError as err:
+            raise CheckpointError(f"the CLaD agent is not available ({err}); use --policy expert|tiny|zero") from None
+        loader = getattr(Agent, "from_checkpoint", None) or getattr(Agent, "load", None)
+        if loader is None:
+            raise CheckpointError("clad.model.agent.Agent has no from_checkpoint/load: the eval adapter needs one")
+        agent = loader(checkpoint, device=device)
+        cfg = agent.config
+        adapter = AgentInputAdapter(cameras=cfg.vision.cameras, proprio_keys=cfg.proprio_keys, lang_dim=cfg.lang_dim)
+        return cls(agent, adapter)
+
+    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> None:
+        for i, ctx in zip(env_ids, contexts):
+            self._lang[int(i)] = ctx.language
+            self._seeds[int(i)] = int(ctx.seed)
+        self.agent.reset(list(env_ids))
+
+    def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
+        rgb, proprio = self.adapter.images_and_proprio(obs)
+        lang = self.adapter.language([self._lang[int(i)] for i in env_ids])
+        kwargs = {}
+        if self._seeded:
+            kwargs = dict(seeds=[self._seeds[int(i)] for i in env_ids], steps=list(steps))
+        actions = self.agent.act(list(env_ids), rgb, proprio, lang, **kwargs)
+        if hasattr(actions, "detach"):
+            actions = actions.detach().cpu().numpy()
+        return np.asarray(actions, dtype=np.float64)
