@@ -28,12 +28,13 @@ from clad.data.preprocess_config import PreprocessConfig
 from clad.errors import ConfigError
 from clad.eval.config import EvalConfig
 from clad.training.config import TrainConfig, resolve_model_section
+from pipelines.cli_args import add_cluster_args, add_overrides
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "quickstart"
 # fields of a TrainConfig that do not change what is trained (left out of the stage folder's hash)
-_UNHASHED = {"parent_run_id", "tracking_uri", "mlflow_experiment", "output_dir", "run_name", "stop_at_step",
+_UNHASHED = {"parent_run_id", "tracking_uri", "mlflow_experiment", "output_dir", "run_name", "stop_at_step", "crash_at_step",
              "num_workers", "cpus_per_worker", "use_gpu", "max_failures", "log_every"}
 
 
@@ -240,10 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="demos -> preprocess -> stage 1 -> stage 2 -> parallel eval, in one command",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"a shipped config name (clad/configs/*.yaml) or a YAML file (default: {DEFAULT_CONFIG})")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. -o train.steps=100 -o eval.actors=8 (repeatable)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or a local SQLite store)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a new local cluster)")
+    add_overrides(p, "-o train.steps=100 -o eval.actors=8")
+    add_cluster_args(p)
     p.set_defaults(func=main)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from clad.errors import ConfigError
 from clad.training.config import TrainConfig, load_train_config
+from pipelines.cli_args import add_cluster_args, add_overrides
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.seed * 1000 + rank + 1)
 
     ckpt = ray.train.get_checkpoint()
+    restored = ckpt is not None
     if ckpt is not None:
         with ckpt.as_directory() as d:
             session.restore(d)
@@ -130,6 +133,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch = next(train_batches)
             waited = time.perf_counter() - t0
             metrics = session.train_step(batch)
+            if cfg.crash_at_step == session.step and rank == 0 and not restored:
+                log.warning("fault drill: rank 0 exits at step %d (crash_at_step)", session.step)
+                os._exit(1)
             meter.record(cfg.batch_size, waited)
             step = session.step
             if step % cfg.log_every == 0 or step == last_step:
@@ -227,11 +233,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["stage1", "stage2"])
     p.add_argument("--config", help="TrainConfig YAML/JSON (fields: see clad/training/config.py)")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. -o steps=100 -o model.dynamics.tau=4 (repeatable)")
+    add_overrides(p, "-o steps=100 -o model.dynamics.tau=4")
     p.add_argument("--resume-from", help="start from this checkpoint directory instead of the run's latest")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or a local SQLite store)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a new local cluster)")
+    add_cluster_args(p)
     p.set_defaults(func=main)
 
 

@@ -27,6 +27,7 @@ import yaml
 from clad.config import FrozenConfig, apply_overrides, config_from_dict, read_yaml
 from clad.errors import ConfigError
 from clad.training.config import TrainConfig, load_train_config, resolve_model_section
+from pipelines.cli_args import add_cluster_args, add_overrides
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", required=True, help="search-space YAML (see tune_spaces/)")
     p.add_argument("--config", help="base TrainConfig YAML/JSON shared by every trial")
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config field (repeatable)")
+    add_overrides(p, "-o steps=2000")
     p.add_argument("--name", help="sweep name (default: the space's name); re-use it to resume")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or a local SQLite store)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a new local cluster)")
+    add_cluster_args(p)
     p.set_defaults(func=main)
 
 

@@ -159,3 +159,14 @@ def test_bad_stage2_config_names_the_field(dataset, tmp_path):
 
     with pytest.raises(ConfigError, match="stage1_checkpoint"):
         _cfg(dataset, tmp_path, "stage=stage2")
+
+
+def test_lost_worker_restarts_from_the_last_checkpoint(dataset, tmp_path):
+    """FailureConfig: the worker process dies at step 3; Ray Train restarts the group from the step-2
+    checkpoint and the run still finishes all 4 steps."""
+    from pipelines.train import run_training
+
+    result = run_training(_cfg(dataset, tmp_path, "crash_at_step=3", "max_failures=1", "validate_every=4"))
+    assert result.error is None
+    assert _state(result.checkpoint.path)["step"] == 4
+    assert (tmp_path / "stage1" / "final" / "model.safetensors").is_file()

@@ -65,6 +65,9 @@ class TrainConfig(FrozenConfig):
     use_gpu: bool = False
     cpus_per_worker: float | None = pydantic.Field(None, gt=0)
     max_failures: int = pydantic.Field(2, ge=0)  # restarts from the last checkpoint after a lost worker
+    # fault drill: the rank-0 worker process dies at this step (once: not after a restore), to check that
+    # `max_failures` brings the run back from its last checkpoint. Leave unset for real runs.
+    crash_at_step: int | None = pydantic.Field(None, ge=1)
     # MLflow: parent run to nest under (set by `clad pipeline` / `clad tune`), and where the store is
     tracking_uri: str | None = None
     mlflow_experiment: str = "clad"
