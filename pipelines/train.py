@@ -134,7 +134,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             waited = time.perf_counter() - t0
             metrics = session.train_step(batch)
             if cfg.crash_at_step == session.step and rank == 0 and not restored:
+                # a crash some time after the last checkpoint: let the controller collect the pending report
+                # (it polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default), then die
                 log.warning("fault drill: rank 0 exits at step %d (crash_at_step)", session.step)
+                time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
                 os._exit(1)
             meter.record(cfg.batch_size, waited)
             step = session.step

@@ -167,6 +167,8 @@ def test_lost_worker_restarts_from_the_last_checkpoint(dataset, tmp_path):
     from pipelines.train import run_training
 
     result = run_training(_cfg(dataset, tmp_path, "crash_at_step=3", "max_failures=1", "validate_every=4"))
+    # the drill crashes again on any attempt that did not restore a checkpoint, and max_failures=1 allows
+    # one restart: success means the restarted worker continued from the step-2 checkpoint
     assert result.error is None
     assert _state(result.checkpoint.path)["step"] == 4
     assert (tmp_path / "stage1" / "final" / "model.safetensors").is_file()
