@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from clad.errors import CladError, ConfigError
+from clad.errors import CheckpointError, CladError, ConfigError
 from clad.eval.config import RESULT_FIELDS, EvalConfig
 from clad.eval.policy import PolicySpec
 from clad.eval.results import EpisodeResult
@@ -149,6 +149,13 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     from pipelines.rollout_pool import PoolConfig, RolloutPool
 
     t_start = time.perf_counter()
+    if cfg.policy.kind == "clad":  # a bad checkpoint fails here with its reason, not in every env actor
+        from clad.model.checkpoint import WEIGHTS, read_checkpoint_config
+
+        read_checkpoint_config(cfg.policy.checkpoint)
+        if not (Path(cfg.policy.checkpoint) / WEIGHTS).is_file():
+            raise CheckpointError(f"{Path(cfg.policy.checkpoint) / WEIGHTS} is missing: pass the final/ folder "
+                                  "written by `clad train stage2`")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
