@@ -185,9 +185,8 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
         dataset = out / "dataset"
         log.info("step 2/5: preprocessing %s -> %s", input_dir, dataset)
         pre = run_preprocess(input_dir, dataset, cfg.preprocess, ray_address=address)
-        summary["steps"]["preprocess"] = {"dir": str(dataset), "result": _plain(pre)}
-        manifest = json.loads((dataset / "manifest.json").read_text())
-        mlflow.set_tag("clad.dataset_hash", manifest.get("fingerprint", ""))
+        summary["steps"]["preprocess"] = {"dir": str(dataset), "up_to_date": pre.noop, "counts": pre.manifest["counts"]}
+        mlflow.set_tag("clad.dataset_hash", pre.manifest.get("fingerprint", ""))
 
         # 3-4. training stages
         runs = out / "train"
@@ -223,14 +222,6 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
 
 def _floats(metrics: dict | None) -> dict[str, float]:
     return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-
-
-def _plain(obj: Any) -> Any:
-    try:
-        json.dumps(obj.__dict__, default=str)
-        return {k: v for k, v in obj.__dict__.items() if not k.startswith("_")}
-    except (AttributeError, TypeError):
-        return str(obj)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -160,7 +160,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     mlflow.log_metrics(report, step=step)
             if checkpoint_now or validate_now:
                 # every rank reports at the same steps (report is collective); rank 0 attaches the checkpoint
-                report.update({f"train/{k}": v for k, v in metrics.items()}, step=step)
+                report.update({f"train/{k}": v for k, v in metrics.items()})
+                report["step"] = step
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint = None
                     if checkpoint_now and rank == 0:

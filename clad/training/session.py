@@ -12,6 +12,7 @@ A training checkpoint directory holds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -64,19 +65,15 @@ class PolicyEMA:
     def step(self) -> None:
         self.ema.step(self.params)
 
+    @contextlib.contextmanager
     def swapped_in(self):
-        """Context manager: the EMA weights are in the model inside, the training weights after."""
-        ema = self.ema
-
-        class _Swap:
-            def __enter__(s):
-                ema.store(self.params)
-                ema.copy_to(self.params)
-
-            def __exit__(s, *exc):
-                ema.restore(self.params)
-
-        return _Swap()
+        """The EMA weights are in the model inside the block, the training weights again after it."""
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
 
     def state(self) -> dict[str, Any]:
         sd = self.ema.state_dict()
