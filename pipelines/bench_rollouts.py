@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="libero_object")
     p.add_argument("--task", type=int, default=0)
     p.add_argument("--policy", choices=("tiny", "expert", "zero"), default="tiny")
+    p.add_argument("--cameras", nargs="*", default=[], choices=("agentview", "eye_in_hand"),
+                   help="views the tiny policy reads (rendered every step; default none: physics only)")
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float)
     p.add_argument("--episodes", type=int, default=4)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # the same as inside the env actors: a fair per-process comparison
-    spec = PolicySpec(kind=args.policy)
+    spec = PolicySpec(kind=args.policy, cameras=tuple(args.cameras)) if args.policy == "tiny" else PolicySpec(kind=args.policy)
     specs = plan_episodes(args.suite, [args.task], args.episodes, 0, args.max_steps, 10)
     report: dict = {"config": vars(args), "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                                                    "loadavg_start": os.getloadavg(), "driver_niceness": os.nice(0)}}

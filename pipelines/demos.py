@@ -30,11 +30,11 @@ class DemoWorker:
         self.runtime = ensure_libero()  # GL backend, assets link and config before any libero import
 
     def generate(self, suite: str, task: int, out_dir: str, episodes: int, image_size: int,
-                 max_attempts: int | None, screen: bool) -> dict:
+                 max_attempts: int | None, screen: bool, first_init: int = 0) -> dict:
         from clad.libero.demos import generate_task_demos
 
         return generate_task_demos(suite, task, out_dir, episodes, image_size=image_size,
-                                   max_attempts=max_attempts, screen=screen).to_dict()
+                                   max_attempts=max_attempts, screen=screen, first_init=first_init).to_dict()
 
 
 def _resolve_tasks(suite: str, tasks: list[str] | None) -> list[int]:
@@ -55,7 +55,7 @@ def _load_report(path: Path) -> dict[tuple[str, int], dict]:
 
 
 def run_demos(suite: str, tasks: list[str] | None, episodes: int, out: str | Path, actors: int | None = None,
-              image_size: int = 128, max_attempts: int | None = None, screen: bool = True,
+              image_size: int = 128, max_attempts: int | None = None, screen: bool = True, first_init: int = 0,
               address: str | None = None, progress: bool = True) -> list[dict]:
     """Generate demos for `tasks` of `suite` on Ray; returns the per-task report (also written as JSON)."""
     import ray
@@ -91,7 +91,7 @@ def run_demos(suite: str, tasks: list[str] | None, episodes: int, out: str | Pat
 
         def submit(w) -> None:
             t = queue.pop(0)
-            running[w.generate.remote(suite, t, str(out), episodes, image_size, max_attempts, screen)] = (w, t)
+            running[w.generate.remote(suite, t, str(out), episodes, image_size, max_attempts, screen, first_init)] = (w, t)
 
         bar = tqdm(total=len(todo) * episodes, unit="demo", desc=f"demos {suite}", disable=not progress)
         try:
@@ -140,7 +140,7 @@ def _print_report(rows: list[dict]) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     rows = run_demos(args.suite, args.tasks, args.episodes_per_task, args.out, actors=args.actors,
                      image_size=args.image_size, max_attempts=args.max_attempts, screen=not args.no_screen,
-                     address=args.address, progress=not args.no_progress)
+                     first_init=args.first_init, address=args.address, progress=not args.no_progress)
     _print_report(rows)
     print(f"report: {Path(args.out) / REPORT_NAME}")
     empty = [r["task_index"] for r in rows if not r.get("skipped") and r.get("demos", 0) == 0]
@@ -161,6 +161,8 @@ def register(subparsers) -> None:
     p.add_argument("--actors", type=int, default=None, help="simulator actors (default: one per CPU, max 2)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--max-attempts", type=int, default=None, help="init states to try per task (default 50)")
+    p.add_argument("--first-init", type=int, default=0,
+                   help="first init state to try; e.g. 25 keeps init states 0-24 unseen for evaluation")
     p.add_argument("--no-screen", action="store_true", help="record every attempt (no camera-less screen)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--no-progress", action="store_true")

@@ -46,6 +46,9 @@ class DemosStep(FrozenConfig):
     episodes_per_task: int = pydantic.Field(10, ge=1)
     image_size: int = pydantic.Field(128, ge=16)
     actors: int | None = pydantic.Field(None, ge=1)
+    # init states first_init.. are used for demos; evaluation episode k runs init state k, so with
+    # first_init >= eval.episodes_per_task every evaluated scene is one the policy never saw
+    first_init: int = pydantic.Field(0, ge=0, le=49)
 
 
 class PipelineConfig(FrozenConfig):
@@ -174,7 +177,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
             log.info("step 1/5: scripted demonstrations -> %s", input_dir)
             save_config(d, out / "demos" / "demos_config.json")
             report = run_demos(d.suite, d.tasks, d.episodes_per_task, input_dir, actors=d.actors,
-                               image_size=d.image_size, address=address)
+                               image_size=d.image_size, first_init=d.first_init, address=address)
             summary["steps"]["demos"] = {"dir": str(input_dir), "tasks": report}
             mlflow.log_metrics({f"expert_success/task_{r['task_index']}": float(r.get("success_rate", 0.0))
                                 for r in report if "success_rate" in r})

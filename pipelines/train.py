@@ -186,6 +186,35 @@ def _take(iterable, n: int):
         yield item
 
 
+def worker_pool(cfg: TrainConfig):
+    """CPUs per Train worker, leaving room for at least one Ray Data window task.
+
+    Workers hold their CPUs for the whole run; if they take every CPU, the window tasks that feed them
+    (WINDOW_CPUS each) never get scheduled and training waits forever without an error (ray-stack.md,
+    deadlock 2: two 1-CPU workers on a 2-CPU machine).
+    """
+    import ray
+
+    from pipelines.dataset import WINDOW_CPUS
+    from pipelines.ray_runtime import PoolSize, size_pool
+
+    pool = size_pool(cfg.num_workers, cfg.cpus_per_worker)
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    n = pool.num_actors
+    fits = (total - WINDOW_CPUS) / n
+    if n * pool.cpus_per_actor <= total - WINDOW_CPUS + 1e-9:
+        return pool
+    if fits <= 0.01:
+        raise ConfigError(f"num_workers={n}: the cluster has {total:g} CPUs, too few for {n} Train workers plus "
+                          f"the Ray Data tasks that feed them ({WINDOW_CPUS} CPU): lower num_workers")
+    if cfg.cpus_per_worker is not None:
+        raise ConfigError(f"num_workers={n} x cpus_per_worker={cfg.cpus_per_worker:g} claims {n * cfg.cpus_per_worker:g} "
+                          f"of the cluster's {total:g} CPUs and leaves less than {WINDOW_CPUS} for the Ray Data tasks "
+                          f"that feed the workers: training would wait for data forever. Set cpus_per_worker <= "
+                          f"{fits:.2f} (or leave it unset) or use fewer workers")
+    return PoolSize(num_actors=n, cpus_per_actor=round(fits, 3), gpus_per_actor=pool.gpus_per_actor)
+
+
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
                  storage_path: str | None = None, run_name: str | None = None):
     """Launch one stage on the current Ray cluster and return its `ray.train.Result`."""
@@ -194,13 +223,12 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
 
     from clad.config import save_config
     from clad.data.manifest import read_manifest
-    from pipelines.ray_runtime import size_pool
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "train_config.json")
+    pool = worker_pool(cfg)  # before building datasets: a bad request fails at once
     datasets = build_datasets(cfg)
-    pool = size_pool(cfg.num_workers, cfg.cpus_per_worker)
     manifest = read_manifest(cfg.dataset_dir)
     loop_config = {
         "train": cfg.to_dict(),

@@ -21,15 +21,24 @@ def demo_run(tmp_path_factory):
     from clad.libero.demos import generate_task_demos
 
     out = tmp_path_factory.mktemp("demos")
-    report = generate_task_demos(SUITE, TASK, out, episodes=2, image_size=SIZE, max_attempts=4)
+    # init states from 46 on: demos can leave the first init states unseen for evaluation
+    report = generate_task_demos(SUITE, TASK, out, episodes=2, image_size=SIZE, max_attempts=4, first_init=46)
     return out, report
 
 
 def test_expert_solves_a_libero_object_task(demo_run):
     out, rep = demo_run
     assert rep.demos == 2 and rep.attempts >= 2 and not rep.skipped
+    assert set(rep.init_results) <= {46, 47, 48, 49} and 46 in rep.init_results
     assert rep.file.endswith(demo_file_name(rep.task_name)) and (out / demo_file_name(rep.task_name)).is_file()
     assert not list(out.glob(".*.tmp*")), "temporary file left behind"
+
+
+def test_first_init_out_of_range_is_refused(tmp_path):
+    from clad.libero.demos import generate_task_demos
+
+    with pytest.raises(ValueError, match="first_init=50 is out of range"):
+        generate_task_demos(SUITE, TASK, tmp_path, episodes=1, first_init=50)
 
 
 def test_demo_file_has_the_exact_layout(demo_run):

@@ -83,3 +83,52 @@ def test_clad_policy_drives_a_real_libero_episode(tiny_checkpoint):
         worker.close_env()
     assert res.error is None, res.error
     assert res.steps == 5 and not res.success and res.action_l1 > 0
+
+
+class _Recorder:
+    """Wraps a rollout policy: records which steps came with images; optionally asks for every frame."""
+
+    def __init__(self, policy, always_render: bool):
+        self.policy, self.always_render, self.rendered = policy, always_render, []
+        self.obs_keys, self.needs_env = policy.obs_keys, policy.needs_env
+
+    def reset(self, env_ids, contexts):
+        self.policy.reset(env_ids, contexts)
+
+    def frames_needed(self, env_id, step):
+        return True if self.always_render else self.policy.frames_needed(env_id, step)
+
+    def act(self, env_ids, obs, steps):
+        self.rendered += [s for s, o in zip(steps, obs) if "agentview_rgb" in o]
+        return self.policy.act(env_ids, obs, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.libero
+def test_rendering_only_the_frames_the_agent_reads_changes_no_action(tmp_path):
+    import torch
+
+    from clad.eval.protocol import plan_episodes
+    from clad.eval.worker import EpisodeWorker
+    from clad.model.checkpoint import save_checkpoint
+    from clad.model.model import CladModel
+    from clad.model.sizes import model_preset
+    from clad.model.testing import fake_stats
+
+    torch.manual_seed(0)
+    cfg = model_preset("tiny")  # tau 3; execution horizon 4 -> frames read at steps 0, 1, 4, 5, 8, 9
+    cfg = cfg.replace(policy=cfg.policy.replace(execution_horizon=4))
+    ckpt = save_checkpoint(CladModel(cfg, fake_stats(cfg)), tmp_path / "stage2", "stage2")
+    spec = plan_episodes("libero_object", [0], 1, 0, max_steps=10, settle_steps=1)[0]
+    results = {}
+    for always in (True, False):
+        policy = _Recorder(make_policy(PolicySpec(kind="clad", checkpoint=str(ckpt))), always_render=always)
+        worker = EpisodeWorker("libero_object", policy, camera_size=32, name="w")
+        try:
+            results[always] = worker.run(spec), policy.rendered
+        finally:
+            worker.close_env()
+    (full, full_frames), (sparse, sparse_frames) = results[True], results[False]
+    assert full.error is None and sparse.error is None, (full.error, sparse.error)
+    assert full_frames == list(range(10)) and sparse_frames == [0, 1, 4, 5, 8, 9]
+    assert sparse.steps == full.steps == 10 and sparse.action_l1 == full.action_l1 > 0

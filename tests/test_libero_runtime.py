@@ -127,3 +127,31 @@ def test_camera_observations_match_the_demo_layout():
         assert obs[k].shape == (64, 64, 3) and obs[k].dtype == np.uint8, k
         assert obs[k].std() > 1.0, f"{k} looks blank"
     _check_lowdim(obs)
+
+
+def test_cameras_switched_off_between_reads_give_identical_frames():
+    """Evaluation renders only the frames a chunked policy reads; a re-enabled camera must produce the
+    very frame an always-on camera produces at that step (and the physics must not notice)."""
+    from clad.libero.env import EnvConfig, LiberoEnv
+
+    cfg = EnvConfig(suite="libero_object", camera_size=32, settle_steps=3)
+    always, sparse = LiberoEnv(cfg, 0), LiberoEnv(cfg, 0)
+    try:
+        a, b = always.reset(init_index=1), sparse.reset(init_index=1)
+        assert np.array_equal(a["agentview_rgb"], b["agentview_rgb"]) and sparse.cameras_on
+        rng = np.random.default_rng(0)
+        for t in range(8):
+            act = rng.uniform(-0.5, 0.5, 7)
+            sparse.set_cameras(t % 4 == 3)
+            a, b = always.step(act)[0], sparse.step(act)[0]
+            assert np.array_equal(a["states"], b["states"])
+            if t % 4 == 3:
+                for key in IMAGE_KEYS:
+                    assert np.array_equal(a[key], b[key]), (t, key)
+            else:
+                assert not set(IMAGE_KEYS) & set(b), "an unrendered step must not return stale images"
+        # a reset turns the cameras back on for the first observation
+        assert set(IMAGE_KEYS) <= set(sparse.reset(init_index=2))
+    finally:
+        always.close()
+        sparse.close()

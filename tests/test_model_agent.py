@@ -122,3 +122,23 @@ def test_features_only_agent_uses_precomputed_features():
     for step in range(3):
         o = {"feat": torch.randn(2, 1, 12), "proprio": torch.randn(2, cfg.proprio_dim), "lang_emb": torch.randn(2, cfg.lang_dim)}
         assert np.isfinite(agent.act(o)).all()
+
+
+def test_skipping_unread_frames_gives_identical_actions():
+    """Rendering only the steps `frames_needed` names (what the evaluator does) changes no action."""
+    full, sparse = make_agent(execution_horizon=4), make_agent(execution_horizon=4)  # tiny: tau 3, chunk 4
+    needed = [s for s in range(14) if sparse.frames_needed(s)]
+    assert needed == [0, 1, 4, 5, 8, 9, 12, 13]  # replans at 0, 4, 8, 12 read frames 1, 5, 9 as t - tau
+    ids = [0, 1]
+    for step in range(14):
+        o = obs(full, step)
+        kw = dict(seeds=[11, 12], steps=[step, step])
+        a = full.act(ids, o["rgb"], o["proprio"], o["lang_emb"], **kw)
+        b = sparse.act(ids, o["rgb"] if step in needed else None, o["proprio"], o["lang_emb"], **kw)
+        assert np.array_equal(a, b), step
+    # a replanning step without images is refused with the reason, not run on a stale frame
+    for _ in (14, 15):  # unread frames
+        sparse.act(ids, None, o["proprio"], o["lang_emb"])
+    with pytest.raises(ValueError, match="no images"):  # step 16 replans
+        sparse.act(ids, None, o["proprio"], o["lang_emb"])
+    assert make_agent(temporal_ensemble=True).frames_needed(7)

@@ -161,6 +161,21 @@ def test_bad_stage2_config_names_the_field(dataset, tmp_path):
         _cfg(dataset, tmp_path, "stage=stage2")
 
 
+def test_workers_always_leave_a_cpu_share_for_the_data_tasks(dataset, tmp_path):
+    """Two 1-CPU workers on the 2-CPU test cluster would starve Ray Data and hang silently: unset
+    cpus_per_worker is sized to leave room, an explicit one that leaves none is refused with the fix."""
+    from clad.errors import ConfigError
+    from pipelines.train import worker_pool
+
+    pool = worker_pool(_cfg(dataset, tmp_path, "num_workers=2"))
+    assert pool.num_actors == 2 and pool.cpus_per_actor == 0.75
+    assert worker_pool(_cfg(dataset, tmp_path, "num_workers=1")).cpus_per_actor == 1.0
+    with pytest.raises(ConfigError, match=r"cpus_per_worker <= 0\.75"):
+        worker_pool(_cfg(dataset, tmp_path, "num_workers=2", "cpus_per_worker=1"))
+    with pytest.raises(ConfigError, match="lower num_workers"):
+        worker_pool(_cfg(dataset, tmp_path, "num_workers=200", "batch_size=200"))
+
+
 def test_lost_worker_restarts_from_the_last_checkpoint(dataset, tmp_path):
     """FailureConfig: the worker process dies at step 3; Ray Train restarts the group from the step-2
     checkpoint and the run still finishes all 4 steps."""

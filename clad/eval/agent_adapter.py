@@ -46,10 +46,20 @@ class AgentInputAdapter:
     def obs_keys(self) -> tuple[str, ...]:
         return self.image_keys + self.proprio_keys
 
-    def images_and_proprio(self, obs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """B dicts -> rgb (B, V, 3, H, W) uint8 as stored (OpenGL-flipped, like the demos), proprio (B, D_p)."""
-        rgb = np.stack([np.stack([np.asarray(o[k], dtype=np.uint8).transpose(2, 0, 1) for k in self.image_keys])
-                        for o in obs]) if self.image_keys else np.zeros((len(obs), 0, 3, 0, 0), np.uint8)
+    def has_images(self, o: dict[str, np.ndarray]) -> bool:
+        return all(k in o for k in self.image_keys)
+
+    def images_and_proprio(self, obs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray | None, np.ndarray]:
+        """B dicts -> rgb (B, V, 3, H, W) uint8 as stored (OpenGL-flipped, like the demos), proprio (B, D_p).
+
+        rgb is None when the policy reads cameras but none of the dicts carries them (a step the env did
+        not render, see `CladAgent.frames_needed`).
+        """
+        if self.image_keys and not any(self.has_images(o) for o in obs):
+            rgb = None
+        else:
+            rgb = np.stack([np.stack([np.asarray(o[k], dtype=np.uint8).transpose(2, 0, 1) for k in self.image_keys])
+                            for o in obs]) if self.image_keys else np.zeros((len(obs), 0, 3, 0, 0), np.uint8)
         proprio = np.stack([np.concatenate([np.asarray(o[k], dtype=np.float32).reshape(-1)
                                             for k in self.proprio_keys]) for o in obs])
         return rgb, proprio.astype(np.float32)
@@ -103,7 +113,21 @@ class CladAgentPolicy:
             self._seeds[int(i)] = int(ctx.seed)
         self.agent.reset(list(env_ids))
 
+    def frames_needed(self, env_id: int, step: int) -> bool:
+        fn = getattr(self.agent, "frames_needed", None)
+        return True if fn is None else bool(fn(step))
+
     def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
+        # a policy-server batch can mix rendered and unrendered steps: act on each group separately
+        with_images = np.array([self.adapter.has_images(o) for o in obs], dtype=bool)
+        if self.adapter.image_keys and with_images.any() and not with_images.all():
+            out = np.zeros((len(obs), 7), dtype=np.float64)
+            for group in (np.flatnonzero(with_images), np.flatnonzero(~with_images)):
+                out[group] = self._act([env_ids[i] for i in group], [obs[i] for i in group], [steps[i] for i in group])
+            return out
+        return self._act(env_ids, obs, steps)
+
+    def _act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
         rgb, proprio = self.adapter.images_and_proprio(obs)
         lang = self.adapter.language([self._lang[int(i)] for i in env_ids])
         kwargs = {}

@@ -15,7 +15,7 @@ import traceback
 
 import numpy as np
 
-from clad.eval.policy import EpisodeContext, RolloutPolicy
+from clad.eval.policy import EpisodeContext, RolloutPolicy, frames_needed
 from clad.eval.protocol import EpisodeSpec
 from clad.eval.results import EpisodeResult
 from clad.eval.video import FrameGrabber
@@ -85,6 +85,9 @@ def run_episode(env, policy: RolloutPolicy, task, init_index: int, seed: int, ma
             if not np.all(np.isfinite(a)):
                 return fail("bad_action", f"step {t}: non-finite action {a.tolist()}")
             action_l1 += float(np.abs(a).sum())
+            if not record_video and hasattr(env, "set_cameras"):
+                # render only the frames the policy will read (chunked policies: ~1 step in h)
+                env.set_cameras(frames_needed(policy, env_id, t + 1))
             try:
                 obs, _, done, _ = env.step(a)
             except Exception as err:

@@ -4,6 +4,7 @@ A policy serves a batch of envs, each with its own history. The runner (or a pol
 
     policy.reset(env_ids, contexts)          # at the start of an episode in each of these envs
     actions = policy.act(env_ids, obs, steps)   # obs: list of B observation dicts -> (B, 7) float64
+    policy.frames_needed(env_id, step)          # optional: False -> the obs at `step` may omit the images
 
 Observation dicts use the LIBERO demo-file keys (clad/libero/env.py): `agentview_rgb`, `eye_in_hand_rgb`
 (H, W, 3) uint8, `gripper_states` (2,), `joint_states` (7,), `ee_states` (6,), `ee_pos` (3,), `ee_ori` (3,).
@@ -27,7 +28,8 @@ import pydantic
 from clad.config import FrozenConfig
 from clad.errors import ConfigError
 
-__all__ = ["EpisodeContext", "RolloutPolicy", "PolicySpec", "make_policy", "noise_seed", "ZeroPolicy"]
+__all__ = ["EpisodeContext", "RolloutPolicy", "PolicySpec", "make_policy", "noise_seed", "ZeroPolicy",
+           "frames_needed"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,13 @@ class RolloutPolicy(Protocol):
     def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
         """(B,) env ids, B observation dicts, (B,) step indices within the episodes -> (B, 7) actions."""
         ...
+
+
+def frames_needed(policy: RolloutPolicy, env_id: int, step: int) -> bool:
+    """Whether the observation `policy` gets at `step` must carry camera images (True unless the policy
+    says otherwise through an optional `frames_needed(env_id, step)` method)."""
+    fn = getattr(policy, "frames_needed", None)
+    return True if fn is None else bool(fn(env_id, step))
 
 
 def noise_seed(episode_seed: int, step: int) -> int:

@@ -52,12 +52,14 @@ def task_file(out_dir: str | Path, suite: str, task: int | str) -> Path:
 
 
 def generate_task_demos(suite: str, task: int | str, out_dir: str | Path, episodes: int, image_size: int = 128,
-                        max_attempts: int | None = None, screen: bool = True,
+                        max_attempts: int | None = None, screen: bool = True, first_init: int = 0,
                         expert_cfg: ExpertConfig | None = None, settle_steps: int = 10,
                         on_attempt: Callable[[TaskReport], None] | None = None) -> TaskReport:
     """Write `episodes` successful expert demos of one task to `<out_dir>/<task_name>_demo.hdf5`.
 
-    Tries init states 0..max_attempts-1 (default: all 50) until `episodes` demos are recorded. An existing
+    Tries init states first_init, first_init+1, ... (at most `max_attempts`, default: the rest of the 50)
+    until `episodes` demos are recorded. `first_init` > 0 keeps the first init states unseen, so an
+    evaluation on them (episode k uses init state k) measures held-out scenes. An existing
     final file is not redone (`skipped=True`). `on_attempt` is called after every attempt (progress).
     """
     spec = get_task(suite, task)
@@ -70,14 +72,17 @@ def generate_task_demos(suite: str, task: int | str, out_dir: str | Path, episod
         rep.skipped = True
         return rep
     n_init = len(load_init_states(spec))
-    max_attempts = min(max_attempts or n_init, n_init)  # the expert is deterministic per init state
+    if not 0 <= first_init < n_init:
+        raise ValueError(f"first_init={first_init} is out of range: {spec.name} has init states 0..{n_init - 1}")
+    # the expert is deterministic per init state, so each is tried once
+    max_attempts = min(max_attempts or n_init, n_init - first_init)
     t0 = time.time()
     base = EnvConfig(suite=suite, camera_size=image_size, settle_steps=settle_steps)
     screen_env = LiberoEnv(base.replace(render=False), spec) if screen else None
     rec_env = LiberoEnv(base, spec)
     writer = DemoWriter(out_dir, rec_env)
     try:
-        for init in range(max_attempts):
+        for init in range(first_init, first_init + max_attempts):
             if rep.demos >= episodes:
                 break
             rep.attempts += 1

@@ -151,6 +151,25 @@ class CladAgent:
     def _predict(self, win: dict[str, torch.Tensor], noise: torch.Tensor | None) -> torch.Tensor:
         return self.model.predict_actions(win, self.generator, noise).float().cpu()
 
+    def frames_needed(self, step: int) -> bool:
+        """Whether the images observed at `step` of an episode are ever read.
+
+        A chunked agent reads images only when it replans (steps 0, h, 2h, ... for execution horizon h)
+        and, as the t - tau frame, tau steps before each replan. Other steps may omit `rgb`/`feat`, so
+        the env need not render them. Temporal ensembling replans every step.
+        """
+        p = self.cfg.policy
+        if p.temporal_ensemble:
+            return True
+        h = p.execution_horizon
+        return step % h == 0 or (step + self.tau) % h == 0
+
+    def _check_frames(self, ids: torch.Tensor, obs: dict[str, torch.Tensor]) -> None:
+        if not any(k in obs for k in FRAME_KEYS):
+            steps = self.t[ids].tolist()
+            raise ValueError(f"the agent replans at episode step(s) {steps} but the observation has no images: "
+                             "render every step for which frames_needed(step) is True")
+
     # ------------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -188,6 +207,7 @@ class CladAgent:
         self._record(ids, o)
         noise = self._noise(len(ids), seeds, steps)
         if self.cfg.policy.temporal_ensemble:
+            self._check_frames(ids, o)
             chunk = self._predict(self._window(ids, o), noise)
             ens = torch.roll(self.ens[ids], 1, dims=1)
             valid = torch.roll(self.ens_valid[ids], 1, dims=1)
@@ -201,6 +221,7 @@ class CladAgent:
             need = (self.queue_pos[ids] >= self.cfg.policy.execution_horizon).nonzero().flatten()
             if len(need):
                 sub = {k: v[need] for k, v in o.items()}
+                self._check_frames(ids[need], sub)
                 chunk = self._predict(self._window(ids[need], sub), None if noise is None else noise[need])
                 self.queue[ids[need]] = chunk
                 self.queue_pos[ids[need]] = 0
