@@ -148,13 +148,19 @@ class LiberoEnv:
         Rendering two cameras costs ~6x the physics of a step on a CPU renderer (~110 ms of ~130 ms), and
         a chunked policy reads images only when it replans: skipping the other frames is the largest
         speed-up of evaluation. A re-enabled camera samples at the next step exactly as if it had never
-        been off (robosuite resets the observable's sampling clock).
+        been off (its sampling clock is reset and it is marked as not yet sampled).
         """
         on = bool(on) and bool(self._cameras)
         if on == self._cameras_on:
             return
+        robosuite_env = self._env.env
         for cam in self._cameras:
-            self._env.env.modify_observable(f"{ROBOSUITE_CAMERAS[cam]}_image", "enabled", on)
+            name = f"{ROBOSUITE_CAMERAS[cam]}_image"
+            robosuite_env.modify_observable(name, "enabled", on)
+            if on:
+                # robosuite's Observable.reset() keeps `_sampled`: an observable switched off right after it
+                # sampled would skip the next step and return zeros (seen on the first reset of a new env)
+                robosuite_env._observables[name]._sampled = False
         self._cameras_on = on
 
     # ---- episode control ----
