@@ -60,13 +60,13 @@ def test_dead_and_hung_actors_are_replaced_and_no_episode_is_lost(ray_session, t
     plan = plan_episodes("libero_object", [0, 1], 6, base_seed=0, max_steps=10, settle_steps=0)
     wl = WorkList(plan, max_attempts=2)
     cfg = PoolConfig(suite="libero_object", num_actors=2, cpus_per_actor=0.25, recycle_after=3,
-                     episode_timeout_s=4.0, poll_s=0.2, max_actor_restarts=20)
+                     episode_timeout_s=10.0, poll_s=0.2, max_actor_restarts=20)  # hang = 60 s; 10 s survives a loaded machine
     pool = RolloutPool(cfg, PolicySpec(kind="zero"), actor_cls=FakeEnvActor,
                        actor_kwargs={"marker_dir": str(tmp_path)})
     seen: list[EpisodeResult] = []
     t0 = time.monotonic()
     pool.run(wl, seen.append)
-    assert time.monotonic() - t0 < 90
+    assert time.monotonic() - t0 < 150  # not a speed target: only that hung actors do not stall the run
 
     keys = [r.key for r in seen]
     assert sorted(keys) == sorted(s.key for s in plan)          # every episode exactly once
