@@ -66,6 +66,12 @@ def run_demos(suite: str, tasks: list[str] | None, episodes: int, out: str | Pat
     from pipelines.ray_runtime import init_ray, size_pool
 
     check_suite(suite)
+    from clad.errors import ConfigError
+    from clad.eval.protocol import NUM_INIT_STATES
+
+    if not 0 <= first_init < NUM_INIT_STATES:  # fail on the driver with the fix, not inside an actor
+        raise ConfigError(f"first_init={first_init} (--first-init / demos.first_init) is out of range: LIBERO tasks "
+                          f"have init states 0..{NUM_INIT_STATES - 1}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / REPORT_NAME
