@@ -110,6 +110,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.info("rank %d resumed from step %d", rank, session.step)
     elif loop_config.get("resume_from"):
         session.restore(loop_config["resume_from"])
+        # another run's checkpoint (e.g. continuing to more steps): this run logs to its own MLflow run
+        session.mlflow_run_id = None
         log.info("rank %d resumed from %s at step %d", rank, loop_config["resume_from"], session.step)
 
     tracking = Tracking(**loop_config["tracking"]) if loop_config.get("tracking") else None
@@ -117,7 +119,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0 and tracking is not None:  # only rank 0 logs
         run_ctx = start_run(tracking, cfg.name, parent_run_id=cfg.parent_run_id, run_id=session.mlflow_run_id,
                             params=cfg.to_dict(),
-                            tags={"clad.stage": cfg.stage, "clad.dataset_hash": loop_config.get("dataset_hash", "")})
+                            tags={"clad.stage": cfg.stage, "clad.dataset_hash": loop_config.get("dataset_hash", ""),
+                                  **({"clad.resumed_from": str(loop_config["resume_from"])}
+                                     if loop_config.get("resume_from") and not restored else {})})
         run = run_ctx.__enter__()
         session.mlflow_run_id = run.info.run_id
 
@@ -215,6 +219,21 @@ def worker_pool(cfg: TrainConfig):
     return PoolSize(num_actors=n, cpus_per_actor=round(fits, 3), gpus_per_actor=pool.gpus_per_actor)
 
 
+def check_resume_dir(path: str | Path) -> Path:
+    """A `--resume-from` directory as an absolute path; a clear error, on the driver, if it is no training checkpoint."""
+    from clad.training.state import META_FILE
+
+    directory = Path(path).expanduser().resolve()
+    if not (directory / META_FILE).is_file():
+        hint = ""
+        if directory.is_dir():
+            found = sorted(p.parent.name for p in directory.glob(f"checkpoint_*/{META_FILE}"))
+            hint = f"; checkpoints inside it: {found}" if found else ""
+        raise ConfigError(f"--resume-from {path}: {directory / META_FILE} is missing, so this is not a training "
+                          f"checkpoint (pass a run's checkpoint_* folder; `final/` holds weights only){hint}")
+    return directory
+
+
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
                  storage_path: str | None = None, run_name: str | None = None):
     """Launch one stage on the current Ray cluster and return its `ray.train.Result`."""
@@ -224,6 +243,8 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     from clad.config import save_config
     from clad.data.manifest import read_manifest
 
+    if resume_from is not None:
+        resume_from = str(check_resume_dir(resume_from))  # absolute: Ray workers run in another directory
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "train_config.json")

@@ -118,6 +118,41 @@ def test_stage2_keeps_stage1_frozen_and_mlflow_nests(stage1, dataset, tracking):
     assert [a.path for a in client.list_artifacts(by_stage["stage2"][0].info.run_id)] == ["model"]
 
 
+def test_continue_another_runs_checkpoint_to_more_steps(stage1, dataset, tracking, monkeypatch):
+    """--resume-from with more steps (the README's "continued" runs): a relative path works although Ray
+    workers run elsewhere, the step count continues, and the new run logs to its own MLflow run."""
+    import os
+
+    from pipelines.train import run_training
+
+    out = stage1["out"]
+    source = Path(stage1["second"].checkpoint.path)  # stage 1 at step 4
+    monkeypatch.chdir(out)
+    cfg = _cfg(dataset, out, "steps=6", "run_name=stage1-to6", f"parent_run_id={stage1['parent']}")
+    result = run_training(cfg, tracking=tracking, resume_from=os.path.relpath(source, out))
+    assert result.error is None
+    assert _state(result.checkpoint.path)["step"] == 6
+    assert (out / "stage1-to6" / "final" / "model.safetensors").is_file()
+    from clad.training.state import load_training_state
+
+    client = MlflowClient(tracking.uri)
+    run = client.get_run(load_training_state(result.checkpoint.path)["extra"]["mlflow_run_id"])
+    assert run.data.tags["clad.resumed_from"] == str(source)
+    assert run.info.run_id != load_training_state(source)["extra"]["mlflow_run_id"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [5, 6]
+
+
+def test_resume_from_a_folder_without_training_state_names_the_checkpoints(stage1):
+    from clad.errors import ConfigError
+    from pipelines.train import check_resume_dir
+
+    run_dir = stage1["out"] / "stage1"
+    with pytest.raises(ConfigError, match="training_state.json is missing.*checkpoint_"):
+        check_resume_dir(run_dir)
+    with pytest.raises(ConfigError, match="not a training checkpoint"):
+        check_resume_dir(run_dir / "final")
+
+
 def test_two_workers_match_one_worker(dataset, tmp_path):
     """One step on the whole (tiny) train split as a single global batch: DDP over 2 CPU workers must give
     the same parameters as 1 worker (gradients averaged over equal halves = full-batch gradient)."""
