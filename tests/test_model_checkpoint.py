@@ -61,6 +61,26 @@ def test_stage1_checkpoint_loads_into_a_stage2_model_with_other_policy(tmp_path)
     assert torch.equal(fresh.normalizer.fields["proprio"].scale, model.normalizer.fields["proprio"].scale)
 
 
+def test_own_policy_cnn_goes_from_a_stage1_checkpoint_to_a_stage2_round_trip(tmp_path):
+    model = trained_model()
+    save_checkpoint(model, tmp_path / "s1", "stage1")
+    cfg = model.cfg.replace(policy=model.cfg.policy.replace(obs_vision="own"))
+    fresh = CladModel(cfg)
+    load_checkpoint(tmp_path / "s1", model=fresh)  # the stage-1 checkpoint has no policy.vision: fine
+    fresh.init_policy_vision()
+    assert torch.equal(fresh.policy.vision.nets[0].trunk[0].weight, model.vision.nets[0].trunk[0].weight)
+    with torch.no_grad():
+        fresh.policy.vision.nets[0].trunk[0].weight.mul_(1.5)  # as if stage 2 had trained it
+    save_checkpoint(fresh, tmp_path / "s2", "stage2")
+    loaded = load_checkpoint(tmp_path / "s2").eval()
+    assert torch.equal(loaded.policy.vision.nets[0].trunk[0].weight, fresh.policy.vision.nets[0].trunk[0].weight)
+    batch = fake_batch(cfg, 2, seed=3)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    # equal weights (above); the outputs agree to float rounding (weights loaded from disk vs copied in memory)
+    torch.testing.assert_close(fresh.eval().predict_actions(batch, g1), loaded.predict_actions(batch, g2),
+                               atol=1e-5, rtol=0)
+
+
 def test_runtime_fields_may_differ(tmp_path):
     model = trained_model()
     save_checkpoint(model, tmp_path, "stage2")

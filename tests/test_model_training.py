@@ -71,12 +71,54 @@ def test_stage2_leaves_stage1_bitwise_unchanged():
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("policy."))
 
 
+def test_own_policy_cnn_starts_from_stage1_and_only_it_learns_in_stage2():
+    """policy.obs_vision='own': e_s reads a copy of the stage-1 CNN that the action loss trains; the foresight
+    keeps the frozen stage-1 CNN."""
+    model = tiny(policy={"obs_vision": "own"})
+    with torch.no_grad():  # stand in for a trained stage 1
+        model.vision.nets[0].trunk[0].weight.add_(0.5)
+    model.freeze_stage1()
+    model.init_policy_vision()
+    own, stage1_cnn = model.policy.vision, model.vision
+    assert all(torch.equal(a, b) for a, b in zip(own.state_dict().values(), stage1_cnn.state_dict().values()))
+    names = {n for n, _ in model.named_parameters()}
+    assert {f"policy.vision.{n}" for n, _ in own.named_parameters()} <= names
+    stage1 = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("policy.")}
+    model.train()
+    opt = torch.optim.AdamW(list(model.stage2_parameters()), lr=1e-2)
+    batch = fake_batch(model.cfg, 3)
+    for _ in range(2):
+        loss, _ = model.stage2_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert own.nets[0].trunk[0].weight.grad is not None
+    assert not torch.equal(own.nets[0].trunk[0].weight, stage1_cnn.nets[0].trunk[0].weight)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in stage1.items())
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"policy": {"obs_vision": "own", "foresight": "none"}}, "already trains its CNN"),
+    ({"policy": {"obs_vision": "own", "obs_encoder": "reuse"}}, "no e_s"),
+])
+def test_own_policy_cnn_rejects_configs_where_it_means_nothing(changes, why):
+    from clad.errors import ConfigError
+    from clad.config import config_from_dict
+
+    data = model_preset("tiny").to_dict()
+    data["policy"].update(changes["policy"])
+    with pytest.raises(ConfigError, match=f"policy.obs_vision='own'.*{why}"):
+        config_from_dict(type(model_preset("tiny")), data, "test config")
+
+
 VARIANTS = [
     {"policy": {"foresight": "none"}},
     {"policy": {"foresight": "proprio"}},
     {"policy": {"foresight": "semantic"}},
     {"policy": {"obs_encoder": "reuse"}},
     {"policy": {"temporal_ensemble": True}},
+    {"policy": {"obs_vision": "own"}},
     {"dynamics": {"recon": False}},
     {"dynamics": {"attention": "s_to_p"}},
     {"dynamics": {"attention": "symmetric"}},

@@ -123,6 +123,11 @@ class PolicyConfig(FrozenConfig):
     # [ours] new e_p, e_s modules (default) or reuse of the frozen stage-1 state encoders (mean-pooled tokens).
     obs_encoder: Literal["new", "reuse"] = "new"
     obs_dim: int | None = None  # [ours] width of e_p, e_s outputs; None = dynamics.hidden_dim
+    # [ours] which CNN e_s reads when the backbone is trainable (the paper has one frozen VLM for everything).
+    # "stage1": the frozen stage-1 CNN. "own": a copy of it, initialised from stage 1 and trained on the action
+    # loss in stage 2, as the policy-only variant trains its CNN; the foresight still uses the frozen stage-1
+    # CNN. With "own", CLaD vs policy only differ only in the foresight.
+    obs_vision: Literal["stage1", "own"] = "stage1"
     # [ours] foresights are trained towards unit-norm targets (entries ~1/sqrt(H)); scale them by sqrt(H)
     # before FiLM so the denoiser sees O(1) inputs.
     foresight_rescale: bool = True
@@ -189,6 +194,13 @@ class ModelConfig(FrozenConfig):
             raise ValueError("policy.obs_dim must be null (= dynamics.hidden_dim) when policy.obs_encoder='reuse'")
         if self.policy.obs_encoder == "reuse" and self.policy.foresight == "none":
             raise ValueError("policy.obs_encoder='reuse' needs stage-1 encoders, but policy.foresight='none' has none")
+        if self.policy.obs_vision == "own":
+            why = (None if self.vision.trainable else f"vision.backbone='{self.vision.backbone}' is frozen, so there is no CNN to train")
+            why = why or ("policy.foresight='none' already trains its CNN in stage 2" if self.policy.foresight == "none" else None)
+            why = why or ("policy.obs_encoder='reuse' has no e_s to feed" if self.policy.obs_encoder == "reuse" else None)
+            if why:
+                raise ValueError(f"policy.obs_vision='own' needs a trainable CNN, foresight and new encoders: {why}; "
+                                 "use policy.obs_vision='stage1'")
         return self
 
     @property

@@ -103,6 +103,11 @@ class CladModel(nn.Module):
             m.eval()
         self.stage1_frozen = True
 
+    def init_policy_vision(self) -> None:
+        """policy.obs_vision='own': start the policy's CNN from the (loaded) stage-1 CNN. Call once, before stage 2."""
+        if self.policy.vision is not None:
+            self.policy.vision.load_state_dict(self.vision.state_dict())
+
     def stage1_parameters(self) -> Iterator[nn.Parameter]:
         if self.dynamics is None:
             raise ConfigError("policy.foresight='none' has no stage 1 to train")
@@ -215,9 +220,13 @@ class CladModel(nn.Module):
                 how = self.cfg.dynamics.target_pool
                 o_p = pool_tokens(self.dynamics.encoders.proprio(p_curr), how)
                 o_s = pool_tokens(self.dynamics.encoders.semantic(v_curr, lang), how)
+        if pol.vision is not None:  # the policy's own trainable CNN (policy.obs_vision='own')
+            v_curr = pol.vision(obs["rgb_curr"]).float()
+        elif self.dynamics is not None:
+            v_curr = v_curr.detach()
         if pol.obs_encoders is not None:
             o_p = pol.obs_encoders.proprio(p_curr)
-            o_s = pol.obs_encoders.semantic(v_curr.detach() if self.dynamics is not None else v_curr, lang)
+            o_s = pol.obs_encoders.semantic(v_curr, lang)
         return pol.condition(o_p, o_s, z_p, z_s)
 
     def stage2_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -22,6 +22,7 @@ from clad.model.attention import mlp
 from clad.model.config import ModelConfig
 from clad.model.film import FiLM
 from clad.model.unet1d import ConditionalUnet1D
+from clad.model.vision import VisionEncoder
 
 
 class ObservationEncoders(nn.Module):
@@ -51,6 +52,8 @@ class ForesightPolicy(nn.Module):
         self.use_p = p.foresight in ("both", "proprio")
         self.use_s = p.foresight in ("both", "semantic")
         self.obs_encoders = ObservationEncoders(cfg) if p.obs_encoder == "new" else None
+        # policy.obs_vision='own': e_s reads this trainable CNN (initialised from stage 1, see CladModel)
+        self.vision = VisionEncoder(cfg.vision) if p.obs_vision == "own" else None
         self.film_p = FiLM(h, ho) if self.use_p else None
         self.film_s = FiLM(h, ho) if self.use_s else None
         self.cond_dim = (h if self.use_p else ho) + (h if self.use_s else ho)

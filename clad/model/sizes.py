@@ -97,6 +97,7 @@ def parameter_breakdown(model: nn.Module) -> dict[str, int]:
         "policy.obs_encoders (e_p, e_s)": count(p.obs_encoders),
         "policy.film": count(p.film_p) + count(p.film_s),
         "policy.unet": count(p.unet),
+        "policy.vision (own CNN)": count(p.vision),
     }
     out.update(pparts)
     out["policy_total"] = sum(pparts.values())

@@ -99,6 +99,7 @@ class TrainingSession:
         if cfg.stage == "stage2" and cfg.model.has_dynamics:
             load_checkpoint(_model_dir(cfg.stage1_checkpoint), model=model)
             model.freeze_stage1()
+            model.init_policy_vision()
         if cfg.stage == "stage1":
             model.policy.requires_grad_(False)  # trained in stage 2
         self.model = model.to(self.device)
