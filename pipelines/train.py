@@ -297,6 +297,8 @@ def main(args: argparse.Namespace) -> int:
     from pipelines.tracking import resolve_tracking
 
     cfg = load_train_config(args.config, [f"stage={args.stage}", *args.overrides])
+    if args.resume_from:
+        check_resume_dir(args.resume_from)  # before starting Ray
     init_ray(address=args.address)
     tracking = resolve_tracking(Path(cfg.output_dir), uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)

@@ -195,9 +195,13 @@ class ModelConfig(FrozenConfig):
         if self.policy.obs_encoder == "reuse" and self.policy.foresight == "none":
             raise ValueError("policy.obs_encoder='reuse' needs stage-1 encoders, but policy.foresight='none' has none")
         if self.policy.obs_vision == "own":
-            why = (None if self.vision.trainable else f"vision.backbone='{self.vision.backbone}' is frozen, so there is no CNN to train")
-            why = why or ("policy.foresight='none' already trains its CNN in stage 2" if self.policy.foresight == "none" else None)
-            why = why or ("policy.obs_encoder='reuse' has no e_s to feed" if self.policy.obs_encoder == "reuse" else None)
+            why = None
+            if not self.vision.trainable:
+                why = f"vision.backbone='{self.vision.backbone}' is frozen, so there is no CNN to train"
+            elif self.policy.foresight == "none":
+                why = "policy.foresight='none' already trains its CNN in stage 2"
+            elif self.policy.obs_encoder == "reuse":
+                why = "policy.obs_encoder='reuse' has no e_s to feed"
             if why:
                 raise ValueError(f"policy.obs_vision='own' needs a trainable CNN, foresight and new encoders: {why}; "
                                  "use policy.obs_vision='stage1'")
