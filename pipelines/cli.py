@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "pipelines.train",
     "pipelines.tune",
     "pipelines.evaluate",
+    "pipelines.compare",
     "pipelines.pipeline",
 ]
 

@@ -1,0 +1,51 @@
+"""`clad compare`: paired, scene-by-scene comparison of evaluation runs (no Ray needed).
+
+    clad compare outputs/po/eval outputs/clad/eval [--names policy-only clad] [--out compare.json]
+
+The first folder is the baseline; every other one is compared with it on the scenes both ran (same
+suite, task, init state and seed), with the exact McNemar test. See clad/eval/compare.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _default_names(paths: list[str]) -> list[str]:
+    names = [Path(p).resolve().name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    # e.g. two runs' `eval` folders: name them by their parent too
+    return ["/".join(Path(p).resolve().parts[-2:]) for p in paths]
+
+
+def run_compare(paths: list[str], names: list[str] | None = None, out: str | None = None) -> dict:
+    from clad.errors import CladError
+    from clad.eval.compare import compare_runs, format_comparison, load_eval_run
+
+    if names is not None and len(names) != len(paths):
+        raise CladError(f"--names gives {len(names)} names for {len(paths)} evaluation folders; give one per folder")
+    names = names or _default_names(paths)
+    result = compare_runs([load_eval_run(p, n) for p, n in zip(paths, names)])
+    print(format_comparison(result))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return result
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="paired comparison of evaluation folders (exact McNemar test)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("evals", nargs="+", metavar="EVAL_DIR", help="folders written by `clad eval --out`; the first is the baseline")
+    p.add_argument("--names", nargs="+", help="one label per folder (default: the folder names)")
+    p.add_argument("--out", help="also write the comparison as JSON here")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    run_compare(args.evals, args.names, args.out)
+    return 0
