@@ -274,7 +274,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if kind is None:
         raise ConfigError("pass --checkpoint DIR (the CLaD agent) or --policy expert|tiny|zero")
     try:
-        policy = PolicySpec(kind=kind, checkpoint=args.checkpoint, device=args.device)
+        policy = PolicySpec(kind=kind, checkpoint=args.checkpoint, device=args.device,
+                            runtime=tuple(getattr(args, "runtime", None) or ()))
         return EvalConfig(
             suite=args.suite, tasks=tuple(args.tasks) if args.tasks else None,
             episodes_per_task=args.episodes_per_task, base_seed=args.seed, max_steps=args.max_steps,
@@ -324,6 +325,9 @@ def register(subparsers) -> None:
     p.add_argument("--policy", choices=("clad", "expert", "tiny", "zero"),
                    help="policy kind (default: clad when --checkpoint is given)")
     p.add_argument("--device", default="cpu", help="torch device of the policy (the server picks cuda if present)")
+    p.add_argument("--runtime", action="append", default=[], metavar="KEY=VALUE",
+                   help="run the checkpoint with another run-time setting, e.g. policy.execution_horizon=3 or "
+                        "policy.num_inference_steps=20 (repeatable; only fields that do not change the weights)")
     p.add_argument("--suite", default="libero_10")
     p.add_argument("--tasks", nargs="+", help="task indices or names (default: every task of the suite)")
     p.add_argument("--episodes-per-task", type=int, default=50)

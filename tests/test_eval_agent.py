@@ -47,6 +47,41 @@ def test_adapter_shapes_follow_the_config_order():
         AgentInputAdapter(cameras=(), proprio_keys=("velocity",))
 
 
+def test_runtime_overrides_change_how_the_checkpoint_runs_not_its_weights(tiny_checkpoint):
+    import torch
+
+    from clad.eval.agent_adapter import CladAgentPolicy
+
+    plain = CladAgentPolicy.from_checkpoint(str(tiny_checkpoint))
+    spec = PolicySpec(kind="clad", checkpoint=str(tiny_checkpoint),
+                      runtime=("policy.execution_horizon=1", "policy.num_inference_steps=3"))
+    tuned = CladAgentPolicy.from_checkpoint(spec.checkpoint, runtime=spec.runtime)
+    p0, p1 = plain.agent.config.policy, tuned.agent.config.policy
+    assert (p1.execution_horizon, p1.num_inference_steps) == (1, 3)
+    assert (p0.execution_horizon, p0.num_inference_steps) != (1, 3)
+    a, b = plain.agent.model.state_dict(), tuned.agent.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("runtime, match", [
+    (("policy.chunk_length=2",), "change the trained weights"),   # a weight-shaping field
+    (("policy.execution_horizon",), "KEY=VALUE"),
+])
+def test_runtime_overrides_refuse_fields_that_shape_the_weights(runtime, match):
+    with pytest.raises(ValueError, match=match):
+        PolicySpec(kind="clad", checkpoint="ckpt", runtime=runtime)
+    with pytest.raises(ValueError, match="CLaD agent only"):
+        PolicySpec(kind="tiny", runtime=("policy.execution_horizon=1",))
+
+
+def test_runtime_override_with_a_bad_value_names_the_field(tiny_checkpoint):
+    from clad.errors import ConfigError
+    from clad.eval.agent_adapter import CladAgentPolicy
+
+    with pytest.raises(ConfigError, match="execution_horizon"):  # the tiny preset's chunk is shorter than 9
+        CladAgentPolicy.from_checkpoint(str(tiny_checkpoint), runtime=("policy.execution_horizon=9",))
+
+
 @pytest.mark.slow  # loads the MiniLM instruction encoder (5-40 s)
 def test_clad_policy_from_checkpoint_seeded_and_batch_independent(tiny_checkpoint):
     rng = np.random.default_rng(1)

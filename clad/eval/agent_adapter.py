@@ -94,7 +94,9 @@ class CladAgentPolicy:
         self._seeded = "seeds" in params and "steps" in params
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str, device: str = "cpu") -> "CladAgentPolicy":
+    def from_checkpoint(cls, checkpoint: str, device: str = "cpu", runtime: Sequence[str] = ()) -> "CladAgentPolicy":
+        """The agent of a stage-2 checkpoint; `runtime` holds KEY=VALUE overrides of its run-time model
+        fields (clad.model.config.RUNTIME_FIELDS), applied to the saved config before loading."""
         try:
             from clad.model.agent import Agent
         except ImportError as err:
@@ -102,7 +104,17 @@ class CladAgentPolicy:
         loader = getattr(Agent, "from_checkpoint", None) or getattr(Agent, "load", None)
         if loader is None:
             raise CheckpointError("clad.model.agent.Agent has no from_checkpoint/load: the eval adapter needs one")
-        agent = loader(checkpoint, device=device)
+        if runtime:
+            from clad.config import apply_overrides, config_from_dict
+            from clad.model.checkpoint import read_checkpoint_config
+            from clad.model.config import ModelConfig
+
+            saved = read_checkpoint_config(checkpoint)
+            cfg = config_from_dict(ModelConfig, apply_overrides(saved.to_dict(), runtime, "--runtime"),
+                                   f"{checkpoint}/config.json with --runtime {' '.join(runtime)}")
+            agent = loader(checkpoint, device=device, cfg=cfg)
+        else:
+            agent = loader(checkpoint, device=device)
         cfg = agent.config
         adapter = AgentInputAdapter(cameras=cfg.vision.cameras, proprio_keys=cfg.proprio_keys, lang_dim=cfg.lang_dim)
         return cls(agent, adapter)

@@ -104,11 +104,23 @@ class PolicySpec(FrozenConfig):
     hidden: int = pydantic.Field(64, ge=1)          # tiny: hidden width
     noise: float = pydantic.Field(0.1, ge=0.0)      # tiny: std of the per-(episode, step) action noise
     cameras: tuple[str, ...] = ()                   # tiny: camera views to read (exercises image transport)
+    # clad: KEY=VALUE overrides of the checkpoint's run-time model fields (how the trained weights are run:
+    # execution horizon, DDIM steps, temporal ensembling, autocast), e.g. "policy.execution_horizon=3"
+    runtime: tuple[str, ...] = ()
 
     @pydantic.model_validator(mode="after")
     def _checkpoint(self):
         if self.kind == "clad" and not self.checkpoint:
             raise ValueError("policy kind 'clad' needs a checkpoint directory (--checkpoint DIR)")
+        if self.runtime and self.kind != "clad":
+            raise ValueError(f"runtime overrides ({list(self.runtime)}) apply to the CLaD agent only (--checkpoint DIR)")
+        from clad.model.config import RUNTIME_FIELDS
+
+        for item in self.runtime:
+            key = item.split("=", 1)[0].strip()
+            if "=" not in item or key not in RUNTIME_FIELDS:
+                raise ValueError(f"runtime override {item!r} (--runtime): expected KEY=VALUE with KEY one of "
+                                 f"{sorted(RUNTIME_FIELDS)}; other fields change the trained weights")
         return self
 
 
@@ -143,5 +155,5 @@ def make_policy(spec: PolicySpec) -> RolloutPolicy:
     if spec.kind == "clad":
         from clad.eval.agent_adapter import CladAgentPolicy
 
-        return CladAgentPolicy.from_checkpoint(spec.checkpoint, device=spec.device)
+        return CladAgentPolicy.from_checkpoint(spec.checkpoint, device=spec.device, runtime=spec.runtime)
     raise ConfigError(f"unknown policy kind {spec.kind!r}")
