@@ -146,8 +146,12 @@ def format_comparison(result: dict) -> str:
         rows = list(p["tasks"].items()) + [("all", p)]
         for label, t in rows:
             lines.append(f"  {label[:22]:<22} {t['n']:>4} {t['a']['successes']:>4} {t['b']['successes']:>4} "
-                         f"{t['only_a']:>7} {t['only_b']:>7} {100 * t['diff']:>+6.1f}% {t['p_mcnemar']:>7.3f}")
+                         f"{t['only_a']:>7} {t['only_b']:>7} {100 * t['diff']:>+6.1f}% {_p(t['p_mcnemar']):>7}")
         skipped = {k: v for k, v in p["unpaired"].items() if v}
         if skipped:
             lines.append(f"  unpaired episodes left out: {skipped}")
     return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
