@@ -26,7 +26,7 @@ from typing import Callable
 from clad.errors import CheckpointError, CladError, ConfigError
 from clad.eval.config import RESULT_FIELDS, EvalConfig
 from clad.eval.policy import PolicySpec
-from clad.eval.results import EpisodeResult
+from clad.eval.results import EPISODES_FILE, EpisodeResult
 
 __all__ = ["register", "run_evaluation", "EvalReport", "config_from_args", "default_out_dir"]
 
@@ -149,17 +149,18 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     from pipelines.rollout_pool import PoolConfig, RolloutPool
 
     t_start = time.perf_counter()
-    if cfg.policy.kind == "clad":  # a bad checkpoint fails here with its reason, not in every env actor
-        from clad.model.checkpoint import WEIGHTS, read_checkpoint_config
+    if cfg.policy.kind == "clad":  # a bad checkpoint or --runtime value fails here, not in every env actor
+        from clad.eval.agent_adapter import checkpoint_config
+        from clad.model.checkpoint import WEIGHTS
 
-        read_checkpoint_config(cfg.policy.checkpoint)
+        checkpoint_config(cfg.policy.checkpoint, cfg.policy.runtime)
         if not (Path(cfg.policy.checkpoint) / WEIGHTS).is_file():
             raise CheckpointError(f"{Path(cfg.policy.checkpoint) / WEIGHTS} is missing: pass the final/ folder "
                                   "written by `clad train stage2`")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
-    paths = {"out": str(out), "episodes": str(out / "episodes.jsonl"), "summary": str(out / "summary.json"),
+    paths = {"out": str(out), "episodes": str(out / EPISODES_FILE), "summary": str(out / "summary.json"),
              "plot": str(out / "success.png"), "videos": str(out / "videos"), "config": str(out / "eval_config.json")}
     save_config(cfg, paths["config"])
 

@@ -79,6 +79,20 @@ class AgentInputAdapter:
         return out
 
 
+def checkpoint_config(checkpoint: str, runtime: Sequence[str] = ()):
+    """The ModelConfig a checkpoint runs with: its saved config.json plus `runtime` KEY=VALUE overrides of
+    run-time fields. Raises CheckpointError / ConfigError naming the file and field."""
+    from clad.config import apply_overrides, config_from_dict
+    from clad.model.checkpoint import read_checkpoint_config
+    from clad.model.config import ModelConfig
+
+    saved = read_checkpoint_config(checkpoint)
+    if not runtime:
+        return saved
+    return config_from_dict(ModelConfig, apply_overrides(saved.to_dict(), runtime, "--runtime"),
+                            f"{checkpoint}/config.json with --runtime {' '.join(runtime)}")
+
+
 class CladAgentPolicy:
     """The CLaD agent (clad/model/agent.py) behind the RolloutPolicy protocol."""
 
@@ -105,14 +119,7 @@ class CladAgentPolicy:
         if loader is None:
             raise CheckpointError("clad.model.agent.Agent has no from_checkpoint/load: the eval adapter needs one")
         if runtime:
-            from clad.config import apply_overrides, config_from_dict
-            from clad.model.checkpoint import read_checkpoint_config
-            from clad.model.config import ModelConfig
-
-            saved = read_checkpoint_config(checkpoint)
-            cfg = config_from_dict(ModelConfig, apply_overrides(saved.to_dict(), runtime, "--runtime"),
-                                   f"{checkpoint}/config.json with --runtime {' '.join(runtime)}")
-            agent = loader(checkpoint, device=device, cfg=cfg)
+            agent = loader(checkpoint, device=device, cfg=checkpoint_config(checkpoint, runtime))
         else:
             agent = loader(checkpoint, device=device)
         cfg = agent.config

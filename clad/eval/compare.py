@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Sequence
 
 from clad.errors import CladError
-from clad.eval.results import EpisodeResult, ResultLog
-from clad.eval.stats import wilson_interval
+from clad.eval.results import EPISODES_FILE, EpisodeResult, ResultLog
+from clad.eval.summary import rate_block
 
 __all__ = ["EvalRun", "load_eval_run", "mcnemar_exact", "compare_runs", "format_comparison"]
-
-EPISODES_FILE = "episodes.jsonl"
 
 SceneKey = tuple[str, int, int, int]  # suite, task_index, init_index, seed
 
@@ -79,11 +77,6 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def _rate_block(successes: int, n: int) -> dict:
-    lo, hi = wilson_interval(successes, n)
-    return {"n": n, "successes": successes, "rate": successes / n if n else 0.0, "ci95": [lo, hi]}
-
-
 def _paired(a: EvalRun, b: EvalRun, task: tuple[str, int] | None = None) -> dict:
     keys = sorted(set(a.episodes) & set(b.episodes))
     if task is not None:
@@ -93,7 +86,7 @@ def _paired(a: EvalRun, b: EvalRun, task: tuple[str, int] | None = None) -> dict
     only_b = sum(b.episodes[k].success and not a.episodes[k].success for k in keys)
     return {"n": len(keys), "both": both, "only_a": only_a, "only_b": only_b,
             "neither": len(keys) - both - only_a - only_b,
-            "a": _rate_block(both + only_a, len(keys)), "b": _rate_block(both + only_b, len(keys)),
+            "a": rate_block(both + only_a, len(keys)), "b": rate_block(both + only_b, len(keys)),
             "diff": ((only_b - only_a) / len(keys)) if keys else 0.0,
             "p_mcnemar": mcnemar_exact(only_a, only_b)}
 
@@ -112,10 +105,10 @@ def compare_runs(runs: Sequence[EvalRun]) -> dict:
     for r in runs:
         eps = list(r.episodes.values())
         tasks = sorted({(e.suite, e.task_index) for e in eps})
-        per_task = {f"{s}/{t}": _rate_block(sum(e.success for e in eps if (e.suite, e.task_index) == (s, t)),
+        per_task = {f"{s}/{t}": rate_block(sum(e.success for e in eps if (e.suite, e.task_index) == (s, t)),
                                             sum((e.suite, e.task_index) == (s, t) for e in eps))
                     for s, t in tasks}
-        summary.append({"name": r.name, "path": r.path, **_rate_block(sum(e.success for e in eps), len(eps)),
+        summary.append({"name": r.name, "path": r.path, **rate_block(sum(e.success for e in eps), len(eps)),
                         "tasks": per_task})
     pairs = []
     for other in runs[1:]:

@@ -15,7 +15,9 @@ import numpy as np
 
 from clad.eval.protocol import EpisodeSpec
 
-__all__ = ["EpisodeResult", "ResultLog", "ERROR_KINDS"]
+__all__ = ["EpisodeResult", "ResultLog", "ERROR_KINDS", "EPISODES_FILE"]
+
+EPISODES_FILE = "episodes.jsonl"  # the episode log's name inside an evaluation folder
 
 log = logging.getLogger(__name__)
 

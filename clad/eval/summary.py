@@ -16,13 +16,17 @@ import numpy as np
 from clad.eval.results import EpisodeResult
 from clad.eval.stats import wilson_interval
 
-__all__ = ["summarize", "format_table", "plot_success"]
+__all__ = ["summarize", "format_table", "plot_success", "rate_block"]
+
+
+def rate_block(successes: int, n: int) -> dict:
+    """{"n", "successes", "rate", "ci95"}: a success rate with its Wilson 95 % interval."""
+    lo, hi = wilson_interval(successes, n)
+    return {"n": n, "successes": successes, "rate": successes / n if n else 0.0, "ci95": [lo, hi]}
 
 
 def _block(successes: int, n: int, errors: int = 0) -> dict:
-    lo, hi = wilson_interval(successes, n)
-    return {"n": n, "successes": successes, "rate": successes / n if n else 0.0, "ci95": [lo, hi],
-            "errors": errors}
+    return {**rate_block(successes, n), "errors": errors}
 
 
 def summarize(results: Iterable[EpisodeResult], task_names: dict[tuple[str, int], str] | None = None,
