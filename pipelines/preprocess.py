@@ -45,6 +45,7 @@ from clad.data.manifest import (EPISODES_DIR, SPLITS, describe_files, existing_f
 from clad.data.plan import Plan, build_plan, require_episodes
 from clad.data.preprocess_config import FeatureBackboneConfig, PreprocessConfig
 from clad.errors import DataError
+from pipelines.cli_args import add_overrides
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def _build(input_dir: Path, out_dir: Path, cfg: PreprocessConfig, files: list[Pa
 # ----------------------------------------------------------------------------------------------- CLI
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    overrides = list(args.set or [])
+    overrides = list(args.overrides)
     if args.image_size is not None:
         overrides.append(f"image_size={args.image_size}")
     if args.val_fraction is not None:
@@ -296,8 +297,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML/JSON PreprocessConfig (fields: views, image_size, val_fraction, "
                                     "split_seed, feature_backbone{kind,checkpoint_dir,options,batch_size}, "
                                     "compression, episodes_per_shard)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. --set split_seed=3)")
+    add_overrides(p, "-o split_seed=3")
     p.add_argument("--image-size", type=int, help="resize images to N x N (default: keep native)")
     p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.1)")
     p.add_argument("--features", metavar="KIND",

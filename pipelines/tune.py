@@ -144,6 +144,16 @@ def trial_driver(config: dict[str, Any]) -> None:
             raise result.error
 
 
+def check_report_cadence(cfg: TrainConfig, source: str) -> None:
+    """Training reports at checkpoint and at validation steps; Tune's scheduler needs the objective (a
+    validation metric) in every report, so in a sweep every checkpoint step must also be a validation step."""
+    if cfg.checkpoint_every % cfg.validate_every:
+        raise ConfigError(
+            f"{source}: checkpoint_every ({cfg.checkpoint_every}) must be a multiple of validate_every "
+            f"({cfg.validate_every}) in a sweep, or the reports at checkpoint-only steps reach the Tune scheduler "
+            f"without the objective: set -o checkpoint_every={cfg.validate_every} (or a multiple)")
+
+
 def max_concurrent(resources: TrialResources) -> int:
     import ray
 
@@ -252,6 +262,7 @@ def main(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     base_cfg = load_train_config(args.config, args.overrides)  # validates the base before any trial starts
+    check_report_cadence(base_cfg, args.config or "the default train config")
     base = base_cfg.to_dict()
     sweep_dir = Path(base_cfg.output_dir).resolve() / (args.name or space.name)
     init_ray(address=args.address)

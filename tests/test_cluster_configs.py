@@ -51,7 +51,10 @@ def test_kuberay_rayjob_runs_clad_pipeline_with_token_auth():
     assert spec["entrypoint"].startswith("clad pipeline --config ")
     cluster = spec["rayClusterSpec"]
     assert cluster["authOptions"]["mode"] == "token"
-    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    # K8sJobMode's submitter pod and the operator reach the job server through the head Service, so the
+    # dashboard must listen beyond loopback (the token above guards it); the launcher YAMLs keep 127.0.0.1
+    assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert groups["cpu-rollout"]["minReplicas"] == 0
     gpu = groups["gpu-train"]["template"]["spec"]["containers"][0]["resources"]["limits"]

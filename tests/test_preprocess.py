@@ -170,7 +170,7 @@ def test_rerun_is_noop_and_cli_says_so(built, capsys):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     from pipelines.cli import main
 
-    assert main(["preprocess", "--input", str(src), "--out", str(out), "--set", "val_fraction=0.25",
+    assert main(["preprocess", "--input", str(src), "--out", str(out), "-o", "val_fraction=0.25",
                  "--features", "random_conv",
                  "--set", f"feature_backbone.options={{feature_dim: {FEAT_DIM}, seed: 0}}"]) == 0
     printed = capsys.readouterr().out

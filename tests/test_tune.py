@@ -38,6 +38,16 @@ def test_shipped_space_samples_the_paper_ranges():
     assert (1 - hi, 1 - lo) == pytest.approx((0.99, 0.9995))
 
 
+def test_checkpoints_between_validations_are_refused_before_the_sweep_starts(tmp_path):
+    from clad.training.config import load_train_config
+    from pipelines.tune import check_report_cadence
+
+    check_report_cadence(load_train_config(None, ["dataset_dir=ds", "checkpoint_every=1000", "validate_every=500"]), "base.yaml")
+    with pytest.raises(ConfigError, match=r"base.yaml: checkpoint_every \(500\) must be a multiple of validate_every "
+                                          r"\(200\).*-o checkpoint_every=200"):
+        check_report_cadence(load_train_config(None, ["dataset_dir=ds", "checkpoint_every=500", "validate_every=200"]), "base.yaml")
+
+
 def test_two_trial_sweep(ray_session, tmp_path, monkeypatch):
     from clad.data.preprocess_config import PreprocessConfig
     from clad.training.config import load_train_config

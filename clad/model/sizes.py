@@ -14,8 +14,6 @@ or precomputed `feat_*` features when that is unset).
 
 from __future__ import annotations
 
-import sys
-
 from torch import nn
 
 from clad.model.config import DynamicsConfig, ModelConfig, PolicyConfig, VisionConfig
@@ -110,11 +108,21 @@ def format_breakdown(counts: dict[str, int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     import torch
 
     from clad.model.model import CladModel
 
-    for name in (argv or sys.argv[1:]) or PRESETS:
+    parser = argparse.ArgumentParser(prog="python -m clad.model.sizes",
+                                     description="parameter breakdown of model presets (nothing is allocated)")
+    parser.add_argument("presets", nargs="*", metavar="PRESET",
+                        help=f"presets to count (default: all of {', '.join(PRESETS)})")
+    names = parser.parse_args(argv).presets or PRESETS
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        parser.error(f"unknown preset {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    for name in names:
         with torch.device("meta"):  # count only: nothing is allocated
             model = CladModel(model_preset(name))
         print(f"== {name}")  # noqa: T201
