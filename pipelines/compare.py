@@ -1,6 +1,7 @@
 """`clad compare`: paired, scene-by-scene comparison of evaluation runs (no Ray needed).
 
     clad compare outputs/po/eval outputs/clad/eval [--names policy-only clad] [--out compare.json]
+    clad compare outputs/po/eval outputs/clad/eval --init-states 0-24   # only scenes from init states 0..24
 
 The first folder is the baseline; every other one is compared with it on the scenes both ran (same
 suite, task, init state and seed), with the exact McNemar test. See clad/eval/compare.py.
@@ -21,14 +22,19 @@ def _default_names(paths: list[str]) -> list[str]:
     return ["/".join(Path(p).resolve().parts[-2:]) for p in paths]
 
 
-def run_compare(paths: list[str], names: list[str] | None = None, out: str | None = None) -> dict:
+def run_compare(paths: list[str], names: list[str] | None = None, out: str | None = None,
+                init_states: str | None = None) -> dict:
     from clad.errors import CladError
-    from clad.eval.compare import compare_runs, format_comparison, load_eval_run
+    from clad.eval.compare import compare_runs, format_comparison, load_eval_run, parse_init_states
 
     if names is not None and len(names) != len(paths):
         raise CladError(f"--names gives {len(names)} names for {len(paths)} evaluation folders; give one per folder")
     names = names or _default_names(paths)
-    result = compare_runs([load_eval_run(p, n) for p, n in zip(paths, names)])
+    keep = parse_init_states(init_states) if init_states is not None else None
+    result = compare_runs([load_eval_run(p, n, keep) for p, n in zip(paths, names)])
+    if keep is not None:
+        result["init_states"] = [keep.start, keep.stop - 1]
+        print(f"init states {keep.start}-{keep.stop - 1} only")
     print(format_comparison(result))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -43,9 +49,12 @@ def register(subparsers) -> None:
     p.add_argument("evals", nargs="+", metavar="EVAL_DIR", help="folders written by `clad eval --out`; the first is the baseline")
     p.add_argument("--names", nargs="+", help="one label per folder (default: the folder names)")
     p.add_argument("--out", help="also write the comparison as JSON here")
+    p.add_argument("--init-states", metavar="FIRST-LAST",
+                   help="keep only episodes started from these init states (inclusive), e.g. 0-24 for scenes "
+                        "held out from demonstrations recorded from 25-49")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    run_compare(args.evals, args.names, args.out)
+    run_compare(args.evals, args.names, args.out, args.init_states)
     return 0

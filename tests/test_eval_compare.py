@@ -8,7 +8,7 @@ import math
 import pytest
 
 from clad.errors import CladError
-from clad.eval.compare import compare_runs, load_eval_run, mcnemar_exact
+from clad.eval.compare import compare_runs, load_eval_run, mcnemar_exact, parse_init_states
 from clad.eval.protocol import episode_seed
 from clad.eval.results import EpisodeResult, ResultLog
 from pipelines.cli import main as clad_main
@@ -95,3 +95,29 @@ def test_cli_compares_two_runs_named_alike_and_writes_json(tmp_path, capsys):
     assert saved["paired"][0]["only_b"] == 2
     assert clad_main(["compare", str(a), str(b), "--names", "one"]) == 2  # a CladError: one name for two folders
     assert "one per folder" in capsys.readouterr().err
+
+
+def test_init_states_keep_only_those_scenes(tmp_path, capsys):
+    # episodes 0-1 held out, 2-3 the demonstrations' own scenes: each half is compared on its own
+    a = write_eval(tmp_path / "a", {0: [False, False, True, True]})
+    b = write_eval(tmp_path / "b", {0: [True, True, True, True]})
+    held_out = compare_runs([load_eval_run(a, init_states=range(0, 2)), load_eval_run(b, init_states=range(0, 2))])
+    assert held_out["paired"][0]["n"] == 2 and held_out["paired"][0]["only_b"] == 2
+    out = tmp_path / "cmp.json"
+    assert clad_main(["compare", str(a), str(b), "--init-states", "2-3", "--out", str(out)]) == 0
+    assert "init states 2-3 only" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["init_states"] == [2, 3] and saved["paired"][0]["only_b"] == 0
+    assert [r["n"] for r in saved["runs"]] == [2, 2]
+
+
+@pytest.mark.parametrize("text", ["24-0", "a-b", "-3", "0-"])
+def test_bad_init_states_say_how_to_write_them(text):
+    with pytest.raises(CladError, match="--init-states .*e.g. --init-states 0-24"):
+        parse_init_states(text)
+
+
+def test_init_states_that_match_no_episode_name_the_file(tmp_path):
+    a = write_eval(tmp_path / "a", {0: [True, False]})
+    with pytest.raises(CladError, match="no episode started from init states 25-49"):
+        load_eval_run(a, init_states=parse_init_states("25-49"))

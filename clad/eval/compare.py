@@ -22,7 +22,7 @@ from clad.errors import CladError
 from clad.eval.results import EPISODES_FILE, EpisodeResult, ResultLog
 from clad.eval.summary import rate_block
 
-__all__ = ["EvalRun", "load_eval_run", "mcnemar_exact", "compare_runs", "format_comparison"]
+__all__ = ["EvalRun", "load_eval_run", "parse_init_states", "mcnemar_exact", "compare_runs", "format_comparison"]
 
 SceneKey = tuple[str, int, int, int]  # suite, task_index, init_index, seed
 
@@ -40,8 +40,23 @@ def _scene(r: EpisodeResult) -> SceneKey:
     return r.suite, r.task_index, r.init_index, r.seed
 
 
-def load_eval_run(path: str | Path, name: str | None = None) -> EvalRun:
-    """Read `<path>/episodes.jsonl` (the folder `clad eval --out` wrote); `path` may also be the file."""
+def parse_init_states(text: str) -> range:
+    """"FIRST-LAST" (inclusive) or one index, e.g. "0-24": the init states a comparison keeps."""
+    first, sep, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last if sep else first)
+    except ValueError:
+        lo, hi = -1, -1
+    if lo < 0 or hi < lo:
+        raise CladError(f"--init-states {text!r}: give FIRST-LAST with 0 <= FIRST <= LAST, e.g. --init-states 0-24")
+    return range(lo, hi + 1)
+
+
+def load_eval_run(path: str | Path, name: str | None = None, init_states: range | None = None) -> EvalRun:
+    """Read `<path>/episodes.jsonl` (the folder `clad eval --out` wrote); `path` may also be the file.
+
+    `init_states` keeps only the episodes that started from those init states, e.g. to report scenes held
+    out from the demonstrations apart from the demonstrations' own scenes."""
     path = Path(path)
     file = path if path.suffix == ".jsonl" else path / EPISODES_FILE
     if not file.is_file():
@@ -50,6 +65,11 @@ def load_eval_run(path: str | Path, name: str | None = None) -> EvalRun:
     results = ResultLog(file).read()
     if not results:
         raise CladError(f"{file}: holds no readable episode records; run or resume `clad eval --out {file.parent}`.")
+    if init_states is not None:
+        results = [r for r in results if r.init_index in init_states]
+        if not results:
+            raise CladError(f"{file}: no episode started from init states {init_states.start}-{init_states.stop - 1}; "
+                            f"widen --init-states or evaluate more --episodes-per-task")
     episodes: dict[SceneKey, EpisodeResult] = {}
     for r in results:
         key = _scene(r)
