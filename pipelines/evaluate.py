@@ -84,14 +84,7 @@ def _log_mlflow(cfg: EvalConfig, out: Path, summary_doc: dict, paths: dict, trac
 
     tracking = resolve_tracking(out, tracking_uri, experiment=experiment)
     run_file = out / "mlflow_run.json"
-    run_id = None
-    if run_file.is_file():  # a resumed evaluation keeps logging into its first run
-        try:
-            prev = json.loads(run_file.read_text())
-            if prev.get("tracking_uri") == tracking.uri:
-                run_id = prev.get("run_id")
-        except json.JSONDecodeError:
-            run_id = None
+    run_id = previous_run_id(run_file, tracking.uri)
     params = {"eval": cfg.to_dict()}
     s = summary_doc["summary"]
     metrics = {f"success_rate/{_metric_key(t['task'])}": t["rate"] for t in s["tasks"]}
@@ -122,8 +115,23 @@ def _log_mlflow(cfg: EvalConfig, out: Path, summary_doc: dict, paths: dict, trac
         if run_id is None:
             raise
         run_id = log_into(None)  # the earlier run was deleted: start a new one
-    run_file.write_text(json.dumps({"tracking_uri": tracking.uri, "run_id": run_id, "experiment": experiment}) + "\n")
+    run_file.write_text(json.dumps({"tracking_uri": tracking.uri, "run_id": run_id, "experiment": experiment,
+                                    "out": str(out.resolve())}) + "\n")
     return run_id
+
+
+def previous_run_id(run_file: Path, tracking_uri: str) -> str | None:
+    """The MLflow run a resumed evaluation keeps logging into: the one recorded in `run_file`, if it was made
+    for this folder and this tracking URI. A copied folder (e.g. to extend a finished evaluation to more
+    episodes and keep the original) records another folder, so it gets a run of its own."""
+    if not run_file.is_file():
+        return None
+    try:
+        prev = json.loads(run_file.read_text())
+    except json.JSONDecodeError:
+        return None
+    same_folder = prev.get("out") in (None, str(run_file.parent.resolve()))  # None: written before "out" existed
+    return prev.get("run_id") if same_folder and prev.get("tracking_uri") == tracking_uri else None
 
 
 # ------------------------------------------------------------------------------------------- the run

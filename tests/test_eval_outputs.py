@@ -40,3 +40,27 @@ def test_complete_log_is_summarised_and_logged_under_a_parent_run(tmp_path, monk
     child = MlflowClient(tracking.uri).get_run(report.paths["mlflow_run_id"])
     assert child.data.tags[PARENT_TAG] == parent.info.run_id
     assert child.data.metrics["success_rate/libero_object"] == pytest.approx(4 / 6)
+
+
+@pytest.mark.libero  # reads the suite's task list (no simulator is built)
+def test_resumed_folder_keeps_its_run_and_a_copied_folder_gets_its_own(tmp_path, monkeypatch):
+    import shutil
+
+    from pipelines.evaluate import run_evaluation
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = EvalConfig(suite="libero_object", tasks=("1",), episodes_per_task=2, max_steps=50,
+                     policy=PolicySpec(kind="zero"), video_episodes=0)
+    first = tmp_path / "eval"
+    log = ResultLog(first / "episodes.jsonl")
+    for s in plan_episodes("libero_object", [1], 2, 0, 50, cfg.settle_steps):
+        log.append(EpisodeResult(suite=s.suite, task_index=s.task_index, task_name="t1", episode=s.episode,
+                                 init_index=s.init_index, seed=s.seed, success=True, steps=12, wall_s=0.5))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_a = run_evaluation(cfg, first, tracking_uri=uri, progress=False).paths["mlflow_run_id"]
+    assert run_evaluation(cfg, first, tracking_uri=uri, progress=False).paths["mlflow_run_id"] == run_a
+    copy = tmp_path / "eval_copy"  # e.g. to extend a finished evaluation and keep the original
+    shutil.copytree(first, copy)
+    run_b = run_evaluation(cfg, copy, tracking_uri=uri, progress=False).paths["mlflow_run_id"]
+    assert run_b != run_a
+    assert json.loads((copy / "mlflow_run.json").read_text())["run_id"] == run_b
