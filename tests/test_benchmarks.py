@@ -11,13 +11,26 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.libero, pytest.mark.ray]
 
 
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.parametrize("name", ["inference", "rollouts", "preprocess", "training"])
+def test_each_benchmark_runs_alone_from_the_bench_package(name):
+    """`python -m pipelines.bench.<name>` is the module `python -m pipelines.bench` runs for <name>."""
+    from pipelines.bench.__main__ import BENCHMARKS
+
+    module = BENCHMARKS[name][0]
+    assert module == f"pipelines.bench.{name}"
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.libero
+@pytest.mark.ray
 def test_all_benchmarks_small(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "-m", "pipelines.bench", "--out", str(out)], capture_output=True, text=True)

@@ -1,7 +1,7 @@
 """Benchmark (not a test): training throughput of both stages on Ray Train, side by side with its ceiling.
 
-    python -m pipelines.bench_training                      # small: synthetic demos, tiny preset, 1 and 2 workers
-    python -m pipelines.bench_training --dataset outputs/cpu_learning/dataset --preset cpu --batch-size 64 \\
+    python -m pipelines.bench.training                      # small: synthetic demos, tiny preset, 1 and 2 workers
+    python -m pipelines.bench.training --dataset outputs/cpu_learning/dataset --preset cpu --batch-size 64 \\
         --steps 60 --workers 1 2
 
 For each stage, in one invocation on the same data:
@@ -29,7 +29,7 @@ import numpy as np
 
 
 def _synthetic_dataset(spec: str, image_size: int, folder: Path) -> Path:
-    from pipelines.bench_preprocess import _synthetic
+    from pipelines.bench.preprocess import _synthetic
     from pipelines.preprocess import run_preprocess
 
     _synthetic(spec, image_size, folder / "demos", compress=False)

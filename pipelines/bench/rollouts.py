@@ -1,8 +1,8 @@
 """Benchmark (not a test): rollout throughput of the Ray env-actor pool against LIBERO's plain serial loop,
 the pool's overhead against the raw simulator step rate, and policy-server throughput against batch size.
 
-    .venv/bin/python -m pipelines.bench_rollouts                       # small default: 2 actors, 4 episodes
-    .venv/bin/python -m pipelines.bench_rollouts --actors 8 --episodes 32 --max-steps 200 --out bench.json
+    .venv/bin/python -m pipelines.bench.rollouts                       # small default: 2 actors, 4 episodes
+    .venv/bin/python -m pipelines.bench.rollouts --actors 8 --episodes 32 --max-steps 200 --out bench.json
 
 The raw and serial loops run inside one Ray worker by default (`--serial-in driver` to run them in this
 process): raylet starts workers at niceness 15, so on a shared machine a driver-side loop at niceness 0

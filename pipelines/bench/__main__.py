@@ -7,10 +7,10 @@
 Each benchmark runs in its own process (its own Ray cluster, its own peak memory), prints its side-by-side
 table and writes `<out>/<name>.json`; `<out>/summary.json` collects the ratios. The benchmarks and what
 they compare:
-  inference     pipelines/bench_inference.py   paper vs cpu size: planning vs action latency, batch 1 vs B
-  rollouts      pipelines/bench_rollouts.py    Ray env-actor pool vs LIBERO's serial loop vs raw sim rate
-  preprocess    pipelines/bench_preprocess.py  Ray Data vs a single-process h5py loop
-  training      pipelines/bench_training.py    Ray Train samples/s and data wait vs the in-memory ceiling
+  inference     pipelines/bench/inference.py   paper vs cpu size: planning vs action latency, batch 1 vs B
+  rollouts      pipelines/bench/rollouts.py    Ray env-actor pool vs LIBERO's serial loop vs raw sim rate
+  preprocess    pipelines/bench/preprocess.py  Ray Data vs a single-process h5py loop
+  training      pipelines/bench/training.py    Ray Train samples/s and data wait vs the in-memory ceiling
 Machines are shared and noisy: read the ratios (measured side by side in one run), not absolute times.
 """
 
@@ -25,17 +25,17 @@ from pathlib import Path
 
 # (module, small-size arguments, full-size arguments); the JSON path is appended by `run`
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "inference": ("pipelines.bench_inference",
+    "inference": ("pipelines.bench.inference",
                   ["--presets", "paper", "cpu", "--batch-sizes", "1", "4", "--repeats", "2"],
                   ["--presets", "paper", "cpu", "--batch-sizes", "1", "16", "--repeats", "5"]),
-    "rollouts": ("pipelines.bench_rollouts",
+    "rollouts": ("pipelines.bench.rollouts",
                  ["--actors", "2", "--episodes", "4", "--max-steps", "40", "--raw-steps", "100",
                   "--batch-sizes", "1", "16", "--repeats", "5"],
                  ["--actors", "2", "--episodes", "16", "--max-steps", "200", "--cameras", "agentview", "eye_in_hand"]),
-    "preprocess": ("pipelines.bench_preprocess",
+    "preprocess": ("pipelines.bench.preprocess",
                    ["--synthetic", "2x4x60", "--synthetic-size", "64", "--ray-runs", "1"],
                    ["--synthetic", "10x20x120", "--synthetic-size", "128"]),
-    "training": ("pipelines.bench_training",
+    "training": ("pipelines.bench.training",
                  ["--steps", "16"],
                  ["--preset", "cpu", "--batch-size", "64", "--steps", "60"]),
 }
@@ -71,7 +71,7 @@ def _numbers(d: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true", help="full-size arguments instead of the small run")
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     p.add_argument("--out", type=Path, default=Path("outputs") / "bench")

@@ -1,7 +1,7 @@
 """Benchmark (not a test): CLaD inference cost at the `paper` and `cpu` model sizes, side by side.
 
-    python -m pipelines.bench_inference                                # paper + cpu, batch 1 and 16
-    python -m pipelines.bench_inference --presets cpu tiny --repeats 3 # the small run of `pipelines.bench`
+    python -m pipelines.bench.inference                                # paper + cpu, batch 1 and 16
+    python -m pipelines.bench.inference --presets cpu tiny --repeats 3 # the small run of `pipelines.bench`
 
 For each preset, in a fresh child process (so peak memory is that preset's alone):
   planning   stage-1 forward to the latent foresight (z^_p, z^_s): images -> encoder -> dynamics
@@ -137,7 +137,7 @@ def measure_preset(preset: str, batch_sizes: list[int], repeats: int, warmup: in
 
 def _child(preset: str, args: argparse.Namespace) -> dict:
     """Run one preset in a fresh interpreter and read its JSON line."""
-    cmd = [sys.executable, "-m", "pipelines.bench_inference", "--child", preset, "--device", args.device,
+    cmd = [sys.executable, "-m", "pipelines.bench.inference", "--child", preset, "--device", args.device,
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--image-size", str(args.image_size), "--batch-sizes", *map(str, args.batch_sizes)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

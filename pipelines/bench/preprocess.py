@@ -5,8 +5,8 @@ stats), read every accepted episode in full (+ resize, + features when configure
 row group per episode, write stats/tasks/language/rejections/manifest. The language model is loaded once
 before timing (both sides share it), and Ray start-up is timed separately from the Ray runs.
 
-    python -m pipelines.bench_preprocess --input DIR [--image-size 64] [--features random_conv] [--json out.json]
-    python -m pipelines.bench_preprocess --synthetic 4x10x120 --synthetic-size 128   # tasks x demos x steps
+    python -m pipelines.bench.preprocess --input DIR [--image-size 64] [--features random_conv] [--json out.json]
+    python -m pipelines.bench.preprocess --synthetic 4x10x120 --synthetic-size 128   # tasks x demos x steps
 
 Prints a side-by-side table and the ratio plain/ray (>1 means Ray is faster); writes the numbers as JSON.
 """
