@@ -28,7 +28,8 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from clad.eval.policy import EpisodeContext, PolicySpec, make_policy
+from clad.eval.policy import EpisodeContext, PolicySpec
+from clad.eval.registry import make_policy
 from clad.eval.protocol import EpisodeSpec
 from clad.eval.results import EpisodeResult
 from clad.eval.worklist import WorkList

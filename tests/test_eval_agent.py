@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from clad.eval.agent_adapter import AgentInputAdapter
-from clad.eval.policy import EpisodeContext, PolicySpec, make_policy
+from clad.eval.policy import EpisodeContext, PolicySpec
+from clad.eval.registry import make_policy
 
 
 @pytest.fixture(scope="module")

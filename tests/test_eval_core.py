@@ -10,7 +10,8 @@ import pytest
 
 from clad.errors import ConfigError
 from clad.eval.config import EvalConfig
-from clad.eval.policy import EpisodeContext, PolicySpec, make_policy, noise_seed
+from clad.eval.policy import EpisodeContext, PolicySpec, noise_seed
+from clad.eval.registry import make_policy
 from clad.eval.protocol import EVAL_SEED_OFFSET, episode_seed, plan_episodes
 from clad.eval.results import EpisodeResult, ResultLog
 from clad.eval.stats import wilson_interval

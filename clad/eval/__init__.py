@@ -4,9 +4,11 @@ Plain Python (no Ray): `pipelines/rollout_pool.py` schedules what lives here on 
 `pipelines/evaluate.py` is the `clad eval` command.
 
     protocol.py      EpisodeSpec, plan_episodes, episode_seed: deterministic (task, episode) work items
-    policy.py        RolloutPolicy protocol (reset / act over env ids), EpisodeContext, PolicySpec, make_policy
+    policy.py        RolloutPolicy protocol (reset / act over env ids), EpisodeContext, PolicySpec
+    registry.py      make_policy: PolicySpec -> a policy (the one module that imports the implementations)
     agent_adapter.py env observations -> CLaD agent inputs; CladAgentPolicy
     expert_policy.py the scripted expert as a policy;  tiny_policy.py a tiny torch policy (tests, benchmarks)
+    zero_policy.py   the no-motion baseline
     episode.py       run_episode: reset to init state k mod 50, settle, step budget, errors recorded
     worker.py        EpisodeWorker: one simulator (lazy, soft-reset, rebuilt on task change or sim error)
     worklist.py      WorkList: pending / in flight / done, re-queue with an attempt limit, exactly once
@@ -21,7 +23,8 @@ Plain Python (no Ray): `pipelines/rollout_pool.py` schedules what lives here on 
 """
 
 from clad.eval.episode import run_episode, run_spec
-from clad.eval.policy import EpisodeContext, PolicySpec, RolloutPolicy, make_policy
+from clad.eval.policy import EpisodeContext, PolicySpec, RolloutPolicy
+from clad.eval.registry import make_policy
 from clad.eval.protocol import EpisodeSpec, episode_seed, plan_episodes
 from clad.eval.results import EpisodeResult, ResultLog
 from clad.eval.stats import wilson_interval

@@ -14,7 +14,9 @@ Reproducibility: any sampling noise must be drawn from `noise_seed(context.seed,
 never from one generator shared by the batch, so a result does not depend on which other envs happened
 to share a batch (in-actor and policy-server modes then agree for the same seeds).
 
-Policies are built from a `PolicySpec` (plain data, sent to Ray actors) by `make_policy`, never pickled.
+Policies are built from a `PolicySpec` (plain data, sent to Ray actors) by `clad.eval.registry.make_policy`,
+never pickled. Dependencies run one way: this module knows no implementation; the implementations
+(zero_policy, tiny_policy, expert_policy, agent_adapter) import it, and the registry imports them.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ import numpy as np
 import pydantic
 
 from clad.config import FrozenConfig
-from clad.errors import ConfigError
 
-__all__ = ["EpisodeContext", "RolloutPolicy", "PolicySpec", "make_policy", "noise_seed", "ZeroPolicy",
-           "frames_needed"]
+__all__ = ["EpisodeContext", "RolloutPolicy", "PolicySpec", "noise_seed", "frames_needed"]
 
 
 @dataclass(frozen=True)
@@ -122,38 +122,3 @@ class PolicySpec(FrozenConfig):
                 raise ValueError(f"runtime override {item!r} (--runtime): expected KEY=VALUE with KEY one of "
                                  f"{sorted(RUNTIME_FIELDS)}; other fields change the trained weights")
         return self
-
-
-class ZeroPolicy:
-    """No motion, gripper open. A baseline: LIBERO tasks do not succeed by themselves."""
-
-    obs_keys: tuple[str, ...] = ()
-    needs_env = False
-
-    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> None:
-        pass
-
-    def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
-        a = np.zeros((len(env_ids), 7))
-        a[:, 6] = -1.0
-        return a
-
-
-def make_policy(spec: PolicySpec) -> RolloutPolicy:
-    """Build the policy described by `spec` in this process (heavy imports happen here, lazily)."""
-    if spec.kind == "zero":
-        return ZeroPolicy()
-    if spec.kind == "tiny":
-        from clad.eval.tiny_policy import TinyTorchPolicy
-
-        return TinyTorchPolicy(hidden=spec.hidden, seed=spec.seed, noise=spec.noise, cameras=spec.cameras,
-                               device=spec.device)
-    if spec.kind == "expert":
-        from clad.eval.expert_policy import ExpertPolicy
-
-        return ExpertPolicy()
-    if spec.kind == "clad":
-        from clad.eval.agent_adapter import CladAgentPolicy
-
-        return CladAgentPolicy.from_checkpoint(spec.checkpoint, device=spec.device, runtime=spec.runtime)
-    raise ConfigError(f"unknown policy kind {spec.kind!r}")

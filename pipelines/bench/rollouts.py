@@ -40,7 +40,7 @@ def _raw_rate(env, steps: int) -> float:
 
 def bench_serial(suite: str, task: int, specs, policy_spec, raw_steps: int) -> dict:
     from clad.eval.episode import run_spec
-    from clad.eval.policy import make_policy
+    from clad.eval.registry import make_policy
     from clad.eval.worker import policy_cameras
     from clad.libero.env import EnvConfig, LiberoEnv
     from clad.libero.suites import get_task
@@ -123,7 +123,8 @@ def _fake_obs(n: int, cameras: tuple[str, ...], size: int) -> list[dict]:
 def bench_server(policy_spec, batch_sizes: list[int], repeats: int, wait_ms: float) -> dict:
     import ray
 
-    from clad.eval.policy import EpisodeContext, make_policy
+    from clad.eval.policy import EpisodeContext
+    from clad.eval.registry import make_policy
     from pipelines.rollout_pool import PolicyServer, actor_options
 
     cams = tuple(policy_spec.cameras) if policy_spec.kind == "tiny" else ()
