@@ -12,8 +12,8 @@ against every neighbouring collision geom). This is what makes the flat cream-ch
 graspable. A blocked descent is detected (the eef stalls) and grasped from there; a grasp is checked
 after lifting and retried with a different yaw/shift if the object did not come along.
 
-Geometry comes from each object's collision geoms: `model.geom_aabb` (local centre + half sizes)
-transformed by `data.geom_xpos/xmat` gives 8 world corners per geom.
+Goals come from clad/libero/task_goals.py, object boxes and rotations from clad/libero/scene_geometry.py;
+this module is the phase machine and the episode loop.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clad.config import FrozenConfig
-from clad.errors import CladError
 from clad.libero.env import LiberoEnv
 from clad.libero.runtime import ensure_libero
+from clad.libero.scene_geometry import ObjGeom, axis_angle, box_corners, collision_geoms, subtree_bodies, yaw_rotation
+from clad.libero.task_goals import PlaceGoal, parse_goals
 
 ensure_libero()  # mujoco picks its GL backend when imported: MUJOCO_GL must be set first
 import mujoco  # noqa: E402
@@ -33,10 +34,6 @@ import mujoco  # noqa: E402
 __all__ = ["ExpertConfig", "PlaceGoal", "PickPlaceExpert", "parse_goals", "run_expert_episode", "EpisodeResult"]
 
 # OSC_POSE actions are deltas scaled by the controller's output_max: 0.05 m and 0.5 rad per unit action.
-# eef frame pointing down with the fingers closing along world y at yaw 0 (the robot's home pose)
-_R_DOWN = np.diag([1.0, -1.0, -1.0])
-
-
 class ExpertConfig(FrozenConfig):
     """Gains and clearances of the scripted expert (metres, steps)."""
 
@@ -56,95 +53,6 @@ class ExpertConfig(FrozenConfig):
     rim_inset: float = 0.012        # objects wider than the gripper are pinched this far inside their rim
     max_retries: int = 2
     phase_timeout: int = 80         # steps before a waypoint phase gives up and moves on
-
-
-@dataclass(frozen=True)
-class PlaceGoal:
-    """Put `obj` into/on `target`. kind 'in': target is a region site; 'on': target is an object."""
-
-    kind: str
-    obj: str
-    target: str
-    predicate: str = ""  # the bddl predicate checked for completion (defaults to `kind`)
-
-
-def parse_goals(env: LiberoEnv) -> list[PlaceGoal]:
-    """Pick-and-place goals of the task's bddl. Raises CladError for predicates the expert cannot do."""
-    inner = env.raw.env
-    goals = []
-    for pred in inner.parsed_problem["goal_state"]:
-        name = pred[0].lower()
-        if name == "in" and len(pred) == 3 and pred[2] in inner.object_sites_dict:
-            goals.append(PlaceGoal("in", pred[1], pred[2]))
-        elif name == "on" and len(pred) == 3 and pred[2] in inner.objects_dict:
-            goals.append(PlaceGoal("on", pred[1], pred[2]))
-        elif name == "on" and len(pred) == 3 and pred[2] in inner.object_sites_dict:
-            goals.append(PlaceGoal("in", pred[1], pred[2], "on"))  # a region on a surface: drop at its centre
-        else:
-            raise CladError(f"the scripted expert cannot solve goal {pred} of task {env.task.name} "
-                            "(only In/On pick-and-place goals are supported)")
-    return goals
-
-
-# ---------------------------------------------------------------- geometry
-def _subtree_bodies(model, root: int) -> set[int]:
-    out = {root}
-    for b in range(root + 1, model.nbody):
-        p = model.body_parentid[b]
-        if p in out:
-            out.add(b)
-    return out
-
-
-def _collision_geoms(model, bodies: set[int]) -> list[int]:
-    return [g for g in range(model.ngeom)
-            if model.geom_bodyid[g] in bodies and (model.geom_contype[g] or model.geom_conaffinity[g])]
-
-
-_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
-
-
-def _corners(model, data, geoms: list[int]) -> np.ndarray:
-    """World corners (8*len(geoms), 3) of the geoms' local bounding boxes."""
-    pts = []
-    for g in geoms:
-        c, h = model.geom_aabb[g, :3], model.geom_aabb[g, 3:]
-        local = c + _SIGNS * h
-        pts.append(data.geom_xpos[g] + local @ data.geom_xmat[g].reshape(3, 3).T)
-    return np.concatenate(pts) if pts else np.zeros((0, 3))
-
-
-@dataclass
-class ObjGeom:
-    corners: np.ndarray  # (K, 3) world
-    lo: np.ndarray       # (3,)
-    hi: np.ndarray       # (3,)
-
-    @property
-    def center(self) -> np.ndarray:
-        return 0.5 * (self.lo + self.hi)
-
-    def width_along(self, d: np.ndarray) -> float:
-        proj = self.corners[:, :2] @ d
-        return float(proj.max() - proj.min())
-
-
-def _yaw_rot(yaw: float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ _R_DOWN
-
-
-def _axis_angle(r: np.ndarray) -> np.ndarray:
-    """Rotation matrix -> axis-angle vector (3,)."""
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, r.reshape(-1))
-    w, v = quat[0], quat[1:]
-    if w < 0:
-        w, v = -w, -v
-    n = np.linalg.norm(v)
-    if n < 1e-9:
-        return np.zeros(3)
-    return v / n * 2.0 * np.arctan2(n, w)
 
 
 # ---------------------------------------------------------------- expert
@@ -168,13 +76,13 @@ class PickPlaceExpert:
         inner = env.raw.env
         self._model = env.sim.model._model
         self._data = env.sim.data._data
-        self._obj_geoms = {name: _collision_geoms(self._model, _subtree_bodies(self._model, bid))
+        self._obj_geoms = {name: collision_geoms(self._model, subtree_bodies(self._model, bid))
                            for name, bid in inner.obj_body_id.items() if name in inner.objects_dict}
         self.reset()
 
     # -- state access
     def geom(self, name: str) -> ObjGeom:
-        pts = _corners(self._model, self._data, self._obj_geoms[name])
+        pts = box_corners(self._model, self._data, self._obj_geoms[name])
         return ObjGeom(pts, pts.min(0), pts.max(0))
 
     def _eef(self) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +115,7 @@ class PickPlaceExpert:
             if name == obj:
                 continue
             for g in geoms:
-                pts = _corners(m, d, [g])
+                pts = box_corners(m, d, [g])
                 axes = d.geom_xmat[g].reshape(3, 3).T[:, :2]  # local axes projected on the floor
                 norms = np.linalg.norm(axes, axis=1)
                 axes = axes[norms > 1e-6] / norms[norms > 1e-6, None]
@@ -324,7 +232,7 @@ class PickPlaceExpert:
         err = target - pos
         a = np.zeros(7)
         a[:3] = np.clip(err * self.cfg.kp_pos, -1.0, 1.0)
-        a[3:6] = np.clip(_axis_angle(_yaw_rot(yaw) @ rot.T) * self.cfg.kp_rot, -1.0, 1.0)
+        a[3:6] = np.clip(axis_angle(yaw_rotation(yaw) @ rot.T) * self.cfg.kp_rot, -1.0, 1.0)
         a[6] = grip
         return a, float(np.linalg.norm(err))
 
