@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from clad.errors import CladError
+from pipelines import logs
 
 # subcommand modules, in the order a user meets them
 COMMAND_MODULES = [
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clad",
         description="CLaD on LIBERO: demonstrations, preprocessing, training, sweeps and parallel evaluation on Ray.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="everything on the console: debug logging and every library's messages "
+                             "(without it they go to clad.log in the output folder)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -47,16 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    logs.configure(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except CladError as err:
         print(f"clad {args.command}: {err}", file=sys.stderr)
         return 2
+    finally:
+        logs.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

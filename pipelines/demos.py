@@ -144,6 +144,9 @@ def _print_report(rows: list[dict]) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from pipelines import logs
+
+    logs.attach_log_file(args.out)
     rows = run_demos(args.suite, args.tasks, args.episodes_per_task, args.out, actors=args.actors,
                      image_size=args.image_size, max_attempts=args.max_attempts, screen=not args.no_screen,
                      first_init=args.first_init, address=args.address, progress=not args.no_progress)

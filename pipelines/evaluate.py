@@ -304,6 +304,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_out_dir(cfg.suite, cfg.policy, cfg.base_seed)
+    from pipelines import logs
+
+    log_file = logs.attach_log_file(out)
     try:
         report = run_evaluation(cfg, out, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                 address=args.address, use_mlflow=not args.no_mlflow, progress=not args.no_progress)
@@ -322,6 +325,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"episodes: {report.paths['episodes']}")
     print(f"plot:     {report.paths['plot']}")
     print(f"videos:   {report.paths['videos']}")
+    print(f"log:      {log_file}")
     if report.paths.get("mlflow_run_id"):
         print(f"mlflow:   run {report.paths['mlflow_run_id']}")
     return 0 if report.summary["complete"] else 1

@@ -241,12 +241,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipelines import logs
+
     cfg = load_pipeline_config(args.config, args.overrides)
+    log_file = logs.attach_log_file(cfg.out)
     summary = run_pipeline(cfg, address=args.address, tracking_uri=args.tracking_uri)
     print()
     print(summary["table"])
     print(f"\noutputs: {summary['output_dir']}  (summary.json, eval/summary.json, eval/success.png, eval/videos/)")
     print(f"MLflow:  {summary['mlflow']['ui']}")
+    print(f"log:     {log_file}  (clad --verbose pipeline ... shows it all on the console)")
     if cfg.name == DEFAULT_CONFIG:
         print("\nThis was a smoke run: a few scripted demos and minutes of training on a small model. For real runs"
               " see clad/configs/ (libero10_paper.yaml) and README 'Configs'.")

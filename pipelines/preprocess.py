@@ -282,7 +282,10 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipelines import logs
+
     cfg = config_from_args(args)
+    logs.attach_log_file(args.out)
     result = run_preprocess(args.input, args.out, cfg, readers=args.readers, feature_actors=args.feature_actors,
                             ray_address=args.address, force=args.force)
     print(result.summary())

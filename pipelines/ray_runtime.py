@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import ray
 
+from pipelines import logs
+
 log = logging.getLogger(__name__)
 
 # Share of the cluster's CPUs that one pool may take; the rest stays free for Ray Data tasks, the Train
@@ -34,6 +36,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     kwargs: dict = {"ignore_reinit_error": True}
     if quiet:
         kwargs.update(logging_level=logging.ERROR, log_to_driver=True)
+    if logs.is_configured():  # a `clad` command: workers log like the driver (console policy + clad.log)
+        logs.route_ray_logging()
+        kwargs.update(logs.ray_init_options())
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -131,6 +131,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     last_step = min(cfg.steps, cfg.stop_at_step or cfg.steps)
     meter = Throughput()
     metrics: dict[str, float] = {}
+    started, first_step = time.perf_counter(), session.step  # for the ETA in the log line
     try:
         while session.step < last_step:
             t0 = time.perf_counter()
@@ -149,7 +150,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics.update(meter.summary())
                 meter.reset()
                 if rank == 0:
-                    log.info("%s step %d/%d  %s", cfg.stage, step, cfg.steps,
+                    log.info("%s step %d/%d  eta %s  %s", cfg.stage, step, cfg.steps,
+                             _eta(time.perf_counter() - started, step - first_step, last_step - step),
                              "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
                     if run_ctx is not None:
                         mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
@@ -181,6 +183,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     finally:
         if run_ctx is not None:
             run_ctx.__exit__(None, None, None)
+
+
+def _eta(elapsed_s: float, done: int, remaining: int) -> str:
+    """Time left at the average pace of this run so far, as 1h02m, 4m05s or 12s."""
+    seconds = int(elapsed_s / done * remaining) if done > 0 else 0
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
 
 
 def _take(iterable, n: int):
@@ -299,6 +308,9 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, [f"stage={args.stage}", *args.overrides])
     if args.resume_from:
         check_resume_dir(args.resume_from)  # before starting Ray
+    from pipelines import logs
+
+    log_file = logs.attach_log_file(cfg.run_dir)
     init_ray(address=args.address)
     tracking = resolve_tracking(Path(cfg.output_dir), uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)
@@ -310,4 +322,5 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
     print(f"MLflow: {tracking.ui_command()}")
+    print(f"Log: {log_file}")
     return 0

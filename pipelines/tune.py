@@ -265,6 +265,9 @@ def main(args: argparse.Namespace) -> int:
     check_report_cadence(base_cfg, args.config or "the default train config")
     base = base_cfg.to_dict()
     sweep_dir = Path(base_cfg.output_dir).resolve() / (args.name or space.name)
+    from pipelines import logs
+
+    logs.attach_log_file(sweep_dir)
     init_ray(address=args.address)
     tracking = resolve_tracking(base_cfg.output_dir, uri=args.tracking_uri or base_cfg.tracking_uri,
                                 experiment=base_cfg.mlflow_experiment)

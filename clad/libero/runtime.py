@@ -10,7 +10,8 @@ What it does (idempotent, cheap after the first call, safe when many processes s
    `assets` key of config.yaml is ignored), so `<libero>/assets` must be a link to the assets wheel.
    It is created atomically (temporary symlink + os.replace) so concurrent processes never see a
    half-made link.
-3. Config. LIBERO reads `$LIBERO_CONFIG_PATH/config.yaml` at import and (in other forks) prompts on stdin
+3. Quiet. robosuite's macro warnings and gym's banner go to the log, not the console (quiet.py).
+4. Config. LIBERO reads `$LIBERO_CONFIG_PATH/config.yaml` at import and (in other forks) prompts on stdin
    if it is missing, which kills CI and Ray workers. The file is written here, under a project-owned
    directory keyed by the libero install path, and rewritten when it points at another install.
 """
@@ -31,6 +32,7 @@ import yaml
 from filelock import FileLock
 
 from clad.errors import CladError
+from clad.libero.quiet import quiet_imports
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,7 @@ def ensure_libero() -> LiberoRuntime:
         if _cached is not None:
             return _cached
         backend = choose_gl_backend()
+        quiet_imports()  # after the GL choice: gym may import pyglet/OpenGL
         root = libero_root()
         assets = _link_assets(root, assets_source())
         config_dir = _config_dir(root)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clad.errors import CladError
+from clad.libero.quiet import prints_to_log
 from clad.libero.runtime import ensure_libero
 
 __all__ = ["SUITES", "MAX_STEPS", "TaskSpec", "get_task", "list_tasks", "load_init_states", "init_state"]
@@ -57,7 +58,8 @@ def _benchmark(suite: str):
     ensure_libero()
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[suite]()
+    with prints_to_log("libero"):  # "[info] using task orders ..."
+        return benchmark.get_benchmark_dict()[suite]()
 
 
 def list_tasks(suite: str) -> list[str]:
