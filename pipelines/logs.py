@@ -2,8 +2,8 @@
 
 The console shows clad's own messages (step headers, training metrics at `log_every`, warnings that call
 for action), progress bars and the final table. Every other library speaks on the console only at ERROR;
-everything, theirs included, goes to `<output folder>/clad.log`. `clad --verbose` puts it all back on the
-console.
+everything from INFO up, theirs included, goes to `<output folder>/clad.log`. `clad --verbose` puts it all
+back on the console and adds clad's DEBUG records.
 
 Third-party noise is silenced where it starts, in every process that starts it (the driver, Ray workers
 and actors), by each library's own switch, never by filtering text:
@@ -78,7 +78,7 @@ def route_ray_logging() -> None:
         if type(handler) is not logging.FileHandler:
             ray_logger.removeHandler(handler)
     ray_logger.propagate = True
-    ray_logger.setLevel(logging.DEBUG if _state["verbose"] else logging.INFO)
+    ray_logger.setLevel(logging.INFO)
 
 
 def _configure_root(verbose: bool, replace: bool) -> logging.Logger:
@@ -86,7 +86,10 @@ def _configure_root(verbose: bool, replace: bool) -> logging.Logger:
     root = logging.getLogger()
     for handler in list(root.handlers) if replace else _state["handlers"]:
         root.removeHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # libraries at INFO even with --verbose (their DEBUG is for their own developers); ours at DEBUG then
+    root.setLevel(logging.INFO)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.NOTSET)
     console = _console_handler(verbose)
     root.addHandler(console)
     logging.captureWarnings(True)
@@ -99,7 +102,9 @@ def _configure_root(verbose: bool, replace: bool) -> logging.Logger:
 def configure(verbose: bool = False) -> None:
     """Driver side, at the start of a command: console policy now; records wait in memory until the command
     knows its output folder (`attach_log_file`). Handlers others put on the root logger (pytest's) stay."""
+    saved_level = logging.getLogger().level
     root = _configure_root(verbose, replace=False)
+    _state["saved_level"] = saved_level
     buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
     root.addHandler(buffer)
     _state["handlers"].append(buffer)
@@ -113,6 +118,9 @@ def close() -> None:
         root.removeHandler(handler)
         handler.close()
     logging.captureWarnings(False)
+    root.setLevel(_state.pop("saved_level", root.level))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     os.environ.pop(ENV_LOG_FILE, None)
     _state.update(configured=False, file=None, buffer=None, handlers=[])
 
@@ -155,7 +163,7 @@ def ray_init_options() -> dict:
     env = {**library_switches(), ENV_VERBOSE: "1" if _state["verbose"] else "0"}
     if _state["file"] is not None:
         env[ENV_LOG_FILE] = str(_state["file"])
-    return {"logging_level": logging.DEBUG if _state["verbose"] else logging.INFO,
+    return {"logging_level": logging.INFO,
             "runtime_env": {"env_vars": env, "worker_process_setup_hook": "pipelines.logs.setup_worker"}}
 
 
