@@ -37,7 +37,7 @@ def test_mcnemar_exact_matches_the_binomial_tail(only_a, only_b, expected):
 
 
 def test_mcnemar_exact_large_counts_stay_finite_and_ordered():
-    # 32 vs 19 and 28 vs 9: the two comparisons quoted in the README
+    # 32 vs 19 and 28 vs 9: the two comparisons quoted in docs/results.md
     p1, p2 = mcnemar_exact(32, 19), mcnemar_exact(28, 9)
     assert 0.05 < p1 < 0.2 and p2 < 0.005 and math.isfinite(mcnemar_exact(600, 400))
     with pytest.raises(ValueError):

@@ -119,7 +119,7 @@ def test_stage2_keeps_stage1_frozen_and_mlflow_nests(stage1, dataset, tracking):
 
 
 def test_continue_another_runs_checkpoint_to_more_steps(stage1, dataset, tracking, monkeypatch):
-    """--resume-from with more steps (the README's "continued" runs): a relative path works although Ray
+    """--resume-from with more steps (the "continued" runs of docs/results.md): a relative path works although Ray
     workers run elsewhere, the step count continues, and the new run logs to its own MLflow run."""
     import os
 

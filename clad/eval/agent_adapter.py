@@ -12,7 +12,7 @@ ADAPTER BOUNDARY (clad/model/agent.py): `CladAgentPolicy` expects
     agent.reset(env_ids)                                          clears per-env history
     agent.act(env_ids, rgb, proprio, lang_emb[, seeds, steps]) -> (B, 7) actions
 `seeds`/`steps` are passed only if `act` accepts them; without them the diffusion sampling noise is
-drawn from the agent's own generator, so in-actor and policy-server results can differ (see README).
+drawn from the agent's own generator, so in-actor and policy-server results can differ (see clad/eval/policy.py).
 """
 
 from __future__ import annotations
