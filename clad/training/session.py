@@ -26,6 +26,7 @@ from clad.config import save_config
 from clad.errors import CheckpointError, DataError
 from clad.model.checkpoint import load_checkpoint, save_checkpoint
 from clad.model.model import CladModel
+from clad.model.task_table import TASK_TABLE, write_task_table
 from clad.training.config import TrainConfig
 from clad.training.objectives import StageObjective, validate_stage1, validate_stage2
 from clad.training.optim import build_optimizer, build_scheduler
@@ -156,11 +157,16 @@ class TrainingSession:
     # ------------------------------------------------------------------------------------------------------
 
     def export_model(self, directory: str | Path) -> Path:
-        """The model directory users evaluate (stage 2: EMA weights)."""
+        """The model directory users evaluate (stage 2: EMA weights), with the dataset's instruction table
+        (the strings training conditioned on; evaluation conditions on the same, clad/model/task_table.py)."""
         if self.policy_ema is not None:
             with self.policy_ema.swapped_in():
-                return save_checkpoint(self.model, directory, self.cfg.stage)
-        return save_checkpoint(self.model, directory, self.cfg.stage)
+                out = save_checkpoint(self.model, directory, self.cfg.stage)
+        else:
+            out = save_checkpoint(self.model, directory, self.cfg.stage)
+        if (Path(self.cfg.dataset_dir) / TASK_TABLE).is_file():
+            write_task_table(out, self.cfg.dataset_dir)
+        return out
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
