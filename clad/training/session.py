@@ -24,7 +24,7 @@ from torch import nn
 
 from clad.config import save_config
 from clad.errors import CheckpointError, DataError
-from clad.model.checkpoint import load_checkpoint, save_checkpoint
+from clad.model.checkpoint import load_checkpoint, load_stage1_vision, save_checkpoint
 from clad.model.model import CladModel
 from clad.model.task_table import TASK_TABLE, write_task_table
 from clad.training.config import TrainConfig
@@ -101,6 +101,10 @@ class TrainingSession:
             load_checkpoint(_model_dir(cfg.stage1_checkpoint), model=model)
             model.freeze_stage1()
             model.init_policy_vision()
+        elif cfg.stage == "stage2" and cfg.model.needs_stage1_checkpoint:
+            # the matched-vision control: only the frozen stage-1 CNN, no dynamics, no foresight
+            load_stage1_vision(_model_dir(cfg.stage1_checkpoint), model)
+            model.freeze_stage1()
         if cfg.stage == "stage1":
             model.policy.requires_grad_(False)  # trained in stage 2
         self.model = model.to(self.device)
