@@ -215,3 +215,47 @@ def test_matched_control_config_errors_name_the_field(tmp_path, stage1_dir):
     (other / "config.json").write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match="vision.cnn_keypoints"):
         _control_session(tmp_path, other)
+
+
+# ------------------------------------------------------------------ the shipped experiment config
+def test_fair_test_config_variants_share_data_seeds_and_budgets():
+    from pathlib import Path
+
+    from pipelines.pipeline import load_pipeline_config
+
+    demos = ["input_dir=/demos"]
+    variants = {
+        "clad": [],
+        "policy_only": [*demos, "train.model.policy.foresight=none"],
+        "action_free": [*demos, "train.model.dynamics.mask_ratio=1.0"],
+    }
+    stage2 = {}
+    for name, overrides in variants.items():
+        cfg = load_pipeline_config("fair_test", overrides)
+        s2 = cfg.stage_config("stage2", Path("/dataset"), Path("/runs"))
+        assert (s2.steps, s2.batch_size, s2.seed) == (3000, 64, 0)
+        assert cfg.preprocess.instruction_source == "benchmark" and s2.model.policy.augment == "none"
+        assert cfg.eval_config(Path("/m")).tasks == ("0", "1", "2", "3", "4", "5")
+        stage2[name] = s2.to_dict()
+    # the control is CLaD's stage-2 config with two fields changed, on CLaD's stage 1
+    from clad.model.config import ModelConfig
+
+    clad = ModelConfig.model_validate(stage2["clad"]["model"])
+    control = clad.replace(policy=clad.policy.replace(foresight="none", obs_vision="frozen_stage1"))
+    assert control.needs_stage1_checkpoint and control.stage1_vision_frozen and not control.has_dynamics
+
+    def without(d, *paths):
+        d = json.loads(json.dumps(d))
+        for p in paths:
+            *head, last = p.split(".")
+            node = d
+            for h in head:
+                node = node[h]
+            node.pop(last)
+        return d
+
+    skip = ("run_name", "stage1_checkpoint")
+    assert without(stage2["policy_only"], *skip, "model.policy.foresight") == \
+        without(stage2["clad"], *skip, "model.policy.foresight")
+    assert without(stage2["action_free"], *skip, "model.dynamics.mask_ratio") == \
+        without(stage2["clad"], *skip, "model.dynamics.mask_ratio")
