@@ -198,3 +198,26 @@ def test_a_checkpoint_trained_before_the_fix_is_evaluated_on_its_training_text_w
     with caplog.at_level("WARNING"):  # older still: no table at all
         logged = _eval_instructions(tiny_stage2, [ketchup])
     assert logged[ketchup.name] == ketchup.language and "stores no instruction table" in caplog.text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_clad_preprocess_embeds_the_benchmark_instruction(ray_session, tmp_path):
+    """The real Ray preprocessing: upstream-style files (BDDL text in problem_info) of two libero_object tasks
+    and one libero_10 task -> tasks.json and language.safetensors hold the benchmark's language."""
+    import numpy as np
+
+    from clad.data.language import encode_instructions, load_embeddings
+    from clad.libero.suites import bddl_language, get_task
+    from pipelines.preprocess import run_preprocess
+
+    tasks = [get_task("libero_object", 4), get_task("libero_object", 5), get_task("libero_10", 7)]
+    for i, t in enumerate(tasks):
+        write_demo_file(tmp_path / "in", t.name, lengths=(6, 7), image_size=8, seed=i, instruction=bddl_language(t))
+    run_preprocess(tmp_path / "in", tmp_path / "out", PreprocessConfig(val_fraction=0.0))
+    table = json.loads((tmp_path / "out" / "tasks.json").read_text())["tasks"]
+    by_name = {row["name"]: row for row in table}
+    assert [by_name[t.name]["instruction"] for t in tasks] == [t.language for t in tasks]
+    assert by_name[tasks[0].name]["file_instruction"].startswith("Pick the")
+    emb = load_embeddings(tmp_path / "out" / "language.safetensors")
+    np.testing.assert_allclose(emb, encode_instructions([row["instruction"] for row in table]), atol=1e-6)

@@ -131,8 +131,8 @@ def test_matched_vision_control_trains_on_ray_with_the_frozen_stage1_cnn(stage1,
     from pipelines.train import run_training
 
     out = stage1["out"]
-    cfg = _cfg(dataset, tmp_path, "steps=2", f"stage1_checkpoint={out / 'stage1'}", "run_name=control",
-               "model.policy.foresight=none", "model.policy.obs_vision=frozen_stage1").replace(stage="stage2")
+    cfg = _cfg(dataset, tmp_path, "stage=stage2", "steps=2", f"stage1_checkpoint={out / 'stage1'}", "run_name=control",
+               "model.policy.foresight=none", "model.policy.obs_vision=frozen_stage1")
     result = run_training(cfg, tracking=None)
     assert result.error is None
     s1 = load_file(str(out / "stage1" / "final" / "model.safetensors"))
