@@ -109,9 +109,9 @@ class PolicyServer:
     def obs_keys(self) -> tuple[str, ...]:
         return tuple(self.policy.obs_keys)
 
-    async def reset(self, env_ids: list[int], contexts: list[EpisodeContext]) -> None:
+    async def reset(self, env_ids: list[int], contexts: list[EpisodeContext]) -> list[str] | None:
         # Resets are rare and touch only these envs' history: run them at once, between batches.
-        self.policy.reset(env_ids, contexts)
+        return self.policy.reset(env_ids, contexts)  # the instructions conditioned on, for the episode log
 
     async def act(self, env_id: int, obs: dict, step: int) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -170,8 +170,8 @@ class ServerPolicyProxy:
         self.server = server
         self.obs_keys = obs_keys
 
-    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> None:
-        ray.get(self.server.reset.remote(list(env_ids), [c.without_env() for c in contexts]))
+    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> list[str] | None:
+        return ray.get(self.server.reset.remote(list(env_ids), [c.without_env() for c in contexts]))
 
     def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
         # only the keys the policy reads travel: proprio-only policies send ~100 bytes per step

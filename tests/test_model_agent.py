@@ -58,7 +58,10 @@ def test_act_returns_finite_actions_and_keeps_history():
     assert torch.equal(win["rgb_prev"], torch.as_tensor(frames[t - tau]["rgb"]))
     assert torch.equal(win["proprio_prev"], torch.as_tensor(frames[t - tau]["proprio"]))
     assert win["actions_past_mask"].all()
-    assert torch.allclose(win["actions_past"], torch.as_tensor(np.stack(acts[t - tau : t], 1)))
+    executed = np.stack(acts[t - tau : t], 1)
+    executed[..., -1] = np.sign(executed[..., -1])  # the simulator acts on the gripper's sign (issue 15)
+    assert torch.allclose(win["actions_past"], torch.as_tensor(executed))
+    assert not np.isin(np.stack(acts, 1)[..., -1], (-1.0, 0.0, 1.0)).all()  # the policy's output is continuous
     z_p, z_s = agent.plan(o)
     assert z_p.shape == z_s.shape == (2, agent.cfg.dynamics.hidden_dim) and torch.isfinite(z_p).all()
     assert int(agent.t[0]) == t  # plan() does not advance time
@@ -92,7 +95,9 @@ def test_temporal_ensembling_weights_oldest_most():
     assert not agent.ens_valid[0].any() and agent.ens_valid[1].all()
     # first action after a reset is the newest chunk's first action
     agent.act(obs(agent, 7))
-    assert np.allclose(agent.past_actions[0, -1].numpy(), agent.ens[0, 0, 0].numpy())
+    executed = agent.ens[0, 0, 0].clone()
+    executed[-1] = torch.sign(executed[-1])  # stored as executed: the gripper's sign (issue 15)
+    assert np.allclose(agent.past_actions[0, -1].numpy(), executed.numpy())
 
 
 def test_eval_adapter_form_subsets_seeds_and_checkpoint(tmp_path):

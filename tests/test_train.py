@@ -80,7 +80,8 @@ def test_stage1_two_steps_then_resume_to_four(stage1):
     assert math.isclose(second.metrics["train/lr"], 3e-4 * lr_factor(3, 4, 1), rel_tol=1e-6, abs_tol=1e-12)
     assert second.metrics["step"] == 4
     assert (stage1["out"] / "stage1" / "final" / "model.safetensors").is_file()
-    for key in ("val/latent_p", "val/recon_p", "val/cos_p", "val/target_std_p", "val/recon_at_horizon"):
+    for key in ("val/latent_p", "val/recon_p", "val/cos_p", "val/target_std_p", "val/recon_at_horizon",
+                "val/cos_still_p", "val/cos_still_s", "val/target_cos_pairwise_p", "val/target_cos_pairwise_s"):
         assert math.isfinite(second.metrics[key]), key
 
 
@@ -97,8 +98,12 @@ def test_stage2_keeps_stage1_frozen_and_mlflow_nests(stage1, dataset, tracking):
     frozen = [k for k in s1 if k.startswith(("dynamics.", "vision.", "target_vision."))]
     assert frozen and all(torch.equal(s1[k], s2[k]) for k in frozen)
     assert any(k.startswith("policy.") for k in s2)
-    for k in ("val/loss", "val/action_mse", "val/action_l1"):
+    for k in ("val/loss", "val/action_mse", "val/action_l1", "val/action_mse_past_masked", "val/action_l1_past_masked"):
         assert math.isfinite(result.metrics[k]), k
+    # the model carries the instructions it was trained on (issue 15): evaluation conditions on the same
+    table = json.loads((out / "stage2" / "final" / "tasks.json").read_text())["tasks"]
+    dataset_tasks = json.loads((dataset / "tasks.json").read_text())["tasks"]
+    assert [(t["name"], t["instruction"]) for t in table] == [(t["name"], t["instruction"]) for t in dataset_tasks]
 
     # MLflow: the pipeline run holds the stage runs (resumed stage 1 re-used its run), params and metrics
     from pipelines.tracking import child_runs
@@ -115,7 +120,27 @@ def test_stage2_keeps_stage1_frozen_and_mlflow_nests(stage1, dataset, tracking):
     history = client.get_metric_history(run1.info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert client.get_metric_history(by_stage["stage2"][0].info.run_id, "val/action_mse")
+    assert client.get_metric_history(by_stage["stage2"][0].info.run_id, "val/action_mse_past_masked")
+    assert client.get_metric_history(run1.info.run_id, "val/cos_still_s")
+    assert client.get_metric_history(run1.info.run_id, "val/target_cos_pairwise_p")
     assert [a.path for a in client.list_artifacts(by_stage["stage2"][0].info.run_id)] == ["model"]
+
+
+def test_matched_vision_control_trains_on_ray_with_the_frozen_stage1_cnn(stage1, dataset, tmp_path):
+    """Issue 15: policy only on CLaD's frozen stage-1 CNN (no foresight) through the real Ray Train loop."""
+    from pipelines.train import run_training
+
+    out = stage1["out"]
+    cfg = _cfg(dataset, tmp_path, "stage=stage2", "steps=2", f"stage1_checkpoint={out / 'stage1'}", "run_name=control",
+               "model.policy.foresight=none", "model.policy.obs_vision=frozen_stage1")
+    result = run_training(cfg, tracking=None)
+    assert result.error is None
+    s1 = load_file(str(out / "stage1" / "final" / "model.safetensors"))
+    s2 = load_file(str(tmp_path / "control" / "final" / "model.safetensors"))
+    vision = [k for k in s1 if k.startswith("vision.")]
+    assert vision and all(torch.equal(s1[k], s2[k]) for k in vision)  # read, never trained
+    assert not any(k.startswith(("dynamics.", "target_vision.")) for k in s2)
+    assert math.isfinite(result.metrics["val/action_mse"])
 
 
 def test_continue_another_runs_checkpoint_to_more_steps(stage1, dataset, tracking, monkeypatch):

@@ -72,7 +72,8 @@ class DemoScan:
 class FileScan:
     file: str  # relative path
     task_name: str
-    instruction: str
+    instruction: str  # the text the file stores (problem_info); the dataset stores the benchmark's (plan.py)
+    bddl_file: str = ""  # data.attrs['bddl_file_name'], a second key to the benchmark task
     demos_found: int = 0
     demos: list[DemoScan] = field(default_factory=list)
     rejections: list[V.Rejection] = field(default_factory=list)
@@ -96,6 +97,8 @@ def scan_file(path: str | Path, rel: str, image_keys: tuple[str, ...], lowdim_ke
             scan.rejections.append(V.Rejection(rel, None, V.MISSING_KEY, "no 'data' group"))
             return scan
         scan.instruction = instruction_from_attrs(data.attrs, task_name)
+        bddl = data.attrs.get("bddl_file_name")
+        scan.bddl_file = (bddl.decode() if isinstance(bddl, bytes) else str(bddl)) if bddl is not None else ""
         names = sorted((k for k in data.keys() if k.startswith("demo")), key=_demo_sort_key)
         scan.demos_found = len(names)
         if not names:

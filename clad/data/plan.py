@@ -15,18 +15,50 @@ from clad.data.hdf5_reader import FileScan
 from clad.data.preprocess_config import PreprocessConfig
 from clad.data.split import assign_splits
 from clad.data.stats import Moments, merge_keyed, stats_document
-from clad.errors import DataError
+from clad.errors import CladError, DataError
 
 
 @dataclass(frozen=True)
 class Task:
+    """One task of the dataset. `instruction` is what the policy is conditioned on (embedded into
+    language.safetensors); `file_instruction` is the text the demo file stores; `benchmark` names the LIBERO
+    task ({suite, index, name}) the files map to, None for a task outside the benchmark."""
+
     index: int
     name: str
     instruction: str
     files: tuple[str, ...]
+    file_instruction: str = ""
+    benchmark: dict | None = None
+    instruction_source: str = "file"
 
     def to_json(self) -> dict:
-        return {"index": self.index, "name": self.name, "instruction": self.instruction, "files": list(self.files)}
+        return {"index": self.index, "name": self.name, "instruction": self.instruction, "files": list(self.files),
+                "file_instruction": self.file_instruction or self.instruction, "benchmark": self.benchmark,
+                "instruction_source": self.instruction_source}
+
+
+def task_for_files(name: str, scans: Sequence[FileScan], source: str) -> tuple[str, dict | None, str]:
+    """(instruction, benchmark task {suite, index, name} or None, where the instruction came from) for the
+    task `name` whose files are `scans`. With source "benchmark" a task that maps to a LIBERO benchmark task
+    (by file/task name, bddl file name, or instruction) gets the benchmark's `task.language`."""
+    file_text = scans[0].instruction
+    if source == "file":
+        return file_text, None, "file"
+    from clad.libero.suites import UnknownTaskError, find_benchmark_task, task_instruction
+
+    keys = [name, *(s.bddl_file for s in scans), *(s.instruction for s in scans)]
+    try:
+        spec = find_benchmark_task(*keys)
+    except UnknownTaskError as err:
+        raise DataError(f"{scans[0].file}: cannot tell which LIBERO task it holds ({err}); rename it "
+                        "<task_name>_demo.hdf5, or set preprocess.instruction_source=file") from None
+    except CladError as err:  # LIBERO itself is unavailable
+        raise DataError(f"preprocess.instruction_source=benchmark reads LIBERO's benchmark metadata, which failed "
+                        f"({err}); install LIBERO or set preprocess.instruction_source=file") from None
+    if spec is None:
+        return file_text, None, "file"
+    return task_instruction(spec), {"suite": spec.suite, "index": spec.index, "name": spec.name}, "benchmark"
 
 
 @dataclass(frozen=True)
@@ -112,8 +144,9 @@ def build_plan(input_dir: str | Path, scans: Sequence[FileScan], cfg: Preprocess
     tasks = []
     for i, n in enumerate(names):
         files = tuple(s.file for s in scans if s.task_name == n and any(x is s for x, _ in kept))
-        instruction = next(s.instruction for s, _ in kept if s.task_name == n)  # from a file that was read
-        tasks.append(Task(i, n, instruction, files))
+        read = [s for s in scans if s.task_name == n and any(x is s for x, _ in kept)]  # files that were read
+        instruction, bench, source = task_for_files(n, read, cfg.instruction_source)
+        tasks.append(Task(i, n, instruction, files, read[0].instruction, bench, source))
     task_index = {t.name: t.index for t in tasks}
     splits = assign_splits([(s.file, d.demo) for s, d in kept], cfg.val_fraction, cfg.split_seed)
     episodes = [EpisodeRef(str(root / s.file), s.file, d.demo, f"{s.file}#{d.demo}", i, task_index[s.task_name],

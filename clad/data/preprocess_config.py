@@ -4,7 +4,7 @@ arguments, not fields, so changing them does not force a rebuild."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import pydantic
 
@@ -38,6 +38,11 @@ class PreprocessConfig(FrozenConfig):
     compression: str = "zstd"
     # Parquet shards hold at least this many episodes (the last one may hold fewer).
     episodes_per_shard: int = pydantic.Field(8, ge=1)
+    # Which text a task is conditioned on. "benchmark": the LIBERO benchmark's `task.language` for every
+    # file that maps to a benchmark task (clad.libero.suites.benchmark_task_for), the file's own text only
+    # for tasks outside the benchmark; evaluation conditions on the same string. "file": the demo file's
+    # problem_info text (the BDDL wording), as datasets made before this field existed did.
+    instruction_source: Literal["benchmark", "file"] = "benchmark"
 
     @pydantic.field_validator("views")
     @classmethod

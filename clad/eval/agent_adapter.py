@@ -25,6 +25,7 @@ import numpy as np
 from clad.data.libero_layout import CAMERA_TO_OBS_KEY, LOWDIM_KEYS
 from clad.errors import CheckpointError
 from clad.eval.policy import EpisodeContext
+from clad.model.task_table import InstructionChooser, read_task_table
 
 __all__ = ["AgentInputAdapter", "CladAgentPolicy"]
 
@@ -98,9 +99,11 @@ class CladAgentPolicy:
 
     needs_env = False
 
-    def __init__(self, agent, adapter: AgentInputAdapter):
+    def __init__(self, agent, adapter: AgentInputAdapter, instructions: InstructionChooser | None = None):
         self.agent = agent
         self.adapter = adapter
+        # which string each task is conditioned on: the one training used (the checkpoint's table)
+        self.instructions = instructions or InstructionChooser(None)
         self.obs_keys = adapter.obs_keys
         self._lang: dict[int, str] = {}
         self._seeds: dict[int, int] = {}
@@ -124,13 +127,15 @@ class CladAgentPolicy:
             agent = loader(checkpoint, device=device)
         cfg = agent.config
         adapter = AgentInputAdapter(cameras=cfg.vision.cameras, proprio_keys=cfg.proprio_keys, lang_dim=cfg.lang_dim)
-        return cls(agent, adapter)
+        return cls(agent, adapter, InstructionChooser(read_task_table(checkpoint), str(checkpoint)))
 
-    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> None:
+    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> list[str]:
+        """Start episodes; returns, per env, the instruction the agent is conditioned on."""
         for i, ctx in zip(env_ids, contexts):
-            self._lang[int(i)] = ctx.language
+            self._lang[int(i)] = self.instructions(ctx.task_name, ctx.language)
             self._seeds[int(i)] = int(ctx.seed)
         self.agent.reset(list(env_ids))
+        return [self._lang[int(i)] for i in env_ids]
 
     def frames_needed(self, env_id: int, step: int) -> bool:
         fn = getattr(self.agent, "frames_needed", None)

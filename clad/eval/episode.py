@@ -69,9 +69,11 @@ def run_episode(env, policy: RolloutPolicy, task, init_index: int, seed: int, ma
                              language=task.language, init_index=init_index,
                              env=env if policy.needs_env else None)
         try:
-            policy.reset([env_id], [ctx])
+            conditioned = policy.reset([env_id], [ctx])
         except Exception as err:
             return fail("policy_error", f"reset: {_short(err)}")
+        if conditioned:  # a policy that reads language says which string it conditions on (logged per episode)
+            res.instruction = conditioned[0]
         if record_video:
             video.append(grabber.grab(obs))
         for t in range(max_steps):

@@ -2,7 +2,9 @@
 
 A policy serves a batch of envs, each with its own history. The runner (or a policy server) calls
 
-    policy.reset(env_ids, contexts)          # at the start of an episode in each of these envs
+    policy.reset(env_ids, contexts)          # at the start of an episode in each of these envs; a policy
+                                             # that reads language returns, per env, the instruction it
+                                             # conditions on (logged with the episode), others None
     actions = policy.act(env_ids, obs, steps)   # obs: list of B observation dicts -> (B, 7) float64
     policy.frames_needed(env_id, step)          # optional: False -> the obs at `step` may omit the images
 
@@ -62,7 +64,7 @@ class RolloutPolicy(Protocol):
     #: True when the policy needs `EpisodeContext.env` (it must run next to the simulator)
     needs_env: bool
 
-    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> None: ...
+    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> list[str] | None: ...
 
     def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
         """(B,) env ids, B observation dicts, (B,) step indices within the episodes -> (B, 7) actions."""

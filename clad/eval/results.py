@@ -49,6 +49,7 @@ class EpisodeResult:
     actor: str = ""                   # which actor slot ran it (diagnostics only; never affects results)
     action_l1: float = 0.0            # sum of |a| over the episode: a cheap fingerprint for determinism checks
     video: str | None = None          # path of the MP4, when one was written
+    instruction: str | None = None    # the instruction the policy was conditioned on (None: reads no language)
     frames: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property

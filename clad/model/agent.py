@@ -11,7 +11,8 @@ obs: {"rgb": (B, V, 3, H, W) uint8 (views in vision.cameras order, as stored),
       and "env_ids": (B,) which envs the rows belong to (default: all, in order).
 
 The agent keeps what training windows contain (clad/data/batch.py): the frame at max(t - tau, 0) and the
-last tau executed actions (zeros, masked, before the episode start). At episode start the past frame is the
+last tau executed actions (zeros, masked, before the episode start; the gripper as the +-1 the simulator
+acts on, like the demonstrations). At episode start the past frame is the
 current frame. It replans every `policy.execution_horizon` steps, or, with `policy.temporal_ensemble`,
 predicts a chunk every step and averages the predictions for the current step with ACT's exponential
 weights (the oldest prediction weighs most). With `seeds` and `steps` the initial diffusion noise of each
@@ -30,6 +31,15 @@ from clad.model.config import ModelConfig
 from clad.model.model import CladModel
 
 FRAME_KEYS = ("rgb", "feat")
+
+
+def executed_action(action: torch.Tensor) -> torch.Tensor:
+    """What the simulator executes for an action (B, A): robosuite's gripper moves by the sign of the last
+    dim, so the past-action buffer holds sign(gripper), as the demonstrations do (+-1), not the policy's
+    continuous output."""
+    out = action.clone()
+    out[..., -1] = torch.sign(out[..., -1])
+    return out
 
 
 def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -227,7 +237,7 @@ class CladAgent:
                 self.queue_pos[ids[need]] = 0
             action = self.queue[ids, self.queue_pos[ids]]
             self.queue_pos[ids] += 1
-        self.past_actions[ids] = torch.cat([self.past_actions[ids, 1:], action[:, None]], dim=1)
+        self.past_actions[ids] = torch.cat([self.past_actions[ids, 1:], executed_action(action)[:, None]], dim=1)
         self.t[ids] += 1
         return action.numpy().astype(np.float32)
 

@@ -149,6 +149,43 @@ def load_checkpoint(
             parts.append(f"unexpected parameter(s) {unexpected[:10]}")
         raise CheckpointError(f"checkpoint {directory} does not fit the model: " + " | ".join(parts))
     model.load_state_dict(tensors, strict=False)
-    if stage == "stage2" and model.dynamics is not None:
+    if stage == "stage2" and model.has_stage1:
         model.freeze_stage1()  # a stage-2 model is always used with stage 1 frozen
+    return model
+
+
+# fields the frozen stage-1 CNN's features depend on: they must agree between the stage-1 checkpoint and the
+# matched-vision control that reads it
+_VISION_FIELDS = ("vision.",)
+
+
+def load_stage1_vision(directory: str | Path, model: CladModel) -> CladModel:
+    """Load only the CNN (and the normaliser) of a stage-1 checkpoint into `model`: the matched-vision control
+    (policy.foresight='none', policy.obs_vision='frozen_stage1') reads the frozen encoder CLaD's policy reads.
+    The caller freezes it (`model.freeze_stage1()`)."""
+    directory = Path(directory)
+    saved_cfg = read_checkpoint_config(directory)
+    weights = directory / WEIGHTS
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stage = (f.metadata() or {}).get("stage")
+        tensors = load_file(str(weights), device=str(model.device))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from None
+    if stage != "stage1":
+        raise CheckpointError(f"{weights} is a {stage} checkpoint: policy.obs_vision='frozen_stage1' reads the "
+                              "CNN of a stage-1 checkpoint (stage1_checkpoint = the CLaD run's stage-1 output)")
+    diffs = [d for d in config_differences(saved_cfg, model.cfg, stage)
+             if d.startswith(tuple(f"field '{f}" for f in _VISION_FIELDS + ("proprio_",)))]
+    if diffs:
+        raise CheckpointError(f"stage-1 checkpoint {directory} does not match the requested vision:\n  "
+                              + "\n  ".join(diffs))
+    state = model.state_dict()
+    part = {k: v for k, v in tensors.items() if k.startswith(("vision.", "normalizer."))}
+    missing = [k for k in state if k.startswith("vision.") and not k.startswith("vision.backbone.") and k not in part]
+    shapes = [k for k, v in part.items() if k in state and tuple(v.shape) != tuple(state[k].shape)]
+    if missing or shapes or not part:
+        raise CheckpointError(f"stage-1 checkpoint {directory} does not fit the model's CNN: missing {missing[:10]}, "
+                              f"shape mismatch {shapes[:10]}")
+    model.load_state_dict(part, strict=False)
     return model

@@ -100,6 +100,12 @@ class DynamicsConfig(FrozenConfig):
     # [paper] r = 0.3, per-token Bernoulli [ours]; r = 1 is action-free training (then also masked at eval,
     # so train and test see the same input distribution). Padded past actions (episode start) are always masked.
     mask_ratio: float = pydantic.Field(0.3, ge=0.0, le=1.0)
+    # [ours, issue 15] probability of masking a sample's whole past-action chunk in training, on top of the
+    # per-token masking. With a scripted expert a_{t-1} alone predicts the next chunk well (normalised MSE
+    # 0.079 vs 0.230 for the mean), and per-token masking at r = 0.3 hides all six past actions in only
+    # 0.07 % of samples, so the model can learn to copy the demonstrated past, which in closed loop is the
+    # policy's own. p > 0 makes it also learn without that shortcut. 0 = the paper's per-token masking only.
+    chunk_mask_prob: float = pydantic.Field(0.0, ge=0.0, le=1.0)
     # [paper] proprio transition queries semantic transition; [ablations] s_to_p, symmetric self-attention.
     attention: Literal["p_to_s", "s_to_p", "symmetric"] = "p_to_s"
     ema_decay: float = pydantic.Field(0.995, ge=0.0, le=1.0)  # [paper] m = 0.995
@@ -127,7 +133,16 @@ class PolicyConfig(FrozenConfig):
     # "stage1": the frozen stage-1 CNN. "own": a copy of it, initialised from stage 1 and trained on the action
     # loss in stage 2, as the policy-only variant trains its CNN; the foresight still uses the frozen stage-1
     # CNN. With "own", CLaD vs policy only differ only in the foresight.
-    obs_vision: Literal["stage1", "own"] = "stage1"
+    # "frozen_stage1" (issue 15, the matched-vision control): e_s always reads the frozen stage-1 CNN, loaded
+    # from the stage-1 checkpoint, also with foresight='none'; CLaD vs that control then differ only in the
+    # foresight. ("stage1" with foresight='none' is the plain policy-only variant, which trains its CNN.)
+    obs_vision: Literal["stage1", "own", "frozen_stage1"] = "stage1"
+    # [ours, issue 15] image augmentation in stage-2 training, identical for every variant: "random_crop"
+    # draws one crop (vision.crop_ratio) per sample and feeds it to every network that reads the frames (the
+    # frozen stage-1 CNN behind the foresight and e_s, or the CNN trained in stage 2); "none" uses the
+    # centre crop everywhere. Evaluation always uses the centre crop. Paper-like: "none" (the paper's policy
+    # reads a frozen VLM whose features are not augmented). Frozen pretrained backbones never crop.
+    augment: Literal["none", "random_crop"] = "none"
     # [ours] foresights are trained towards unit-norm targets (entries ~1/sqrt(H)); scale them by sqrt(H)
     # before FiLM so the denoiser sees O(1) inputs.
     foresight_rescale: bool = True
@@ -194,6 +209,10 @@ class ModelConfig(FrozenConfig):
             raise ValueError("policy.obs_dim must be null (= dynamics.hidden_dim) when policy.obs_encoder='reuse'")
         if self.policy.obs_encoder == "reuse" and self.policy.foresight == "none":
             raise ValueError("policy.obs_encoder='reuse' needs stage-1 encoders, but policy.foresight='none' has none")
+        if self.policy.obs_vision == "frozen_stage1" and not self.vision.trainable:
+            raise ValueError(f"policy.obs_vision='frozen_stage1' reads the stage-1 CNN, but vision.backbone="
+                             f"'{self.vision.backbone}' is a frozen pretrained model that every variant already "
+                             "shares: use policy.obs_vision='stage1'")
         if self.policy.obs_vision == "own":
             why = None
             if not self.vision.trainable:
@@ -223,3 +242,14 @@ class ModelConfig(FrozenConfig):
     @property
     def has_dynamics(self) -> bool:
         return self.policy.foresight != "none"
+
+    @property
+    def stage1_vision_frozen(self) -> bool:
+        """The (trainable-type) CNN comes from stage 1 and is frozen in stage 2: every variant with a foresight,
+        and the matched-vision control (foresight='none', obs_vision='frozen_stage1')."""
+        return self.vision.trainable and (self.has_dynamics or self.policy.obs_vision == "frozen_stage1")
+
+    @property
+    def needs_stage1_checkpoint(self) -> bool:
+        """Stage 2 starts from a stage-1 checkpoint (its dynamics, or only its CNN for the control)."""
+        return self.has_dynamics or self.stage1_vision_frozen

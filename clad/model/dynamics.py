@@ -121,7 +121,7 @@ class CrossModalDynamics(nn.Module):
         p_prev_t, p_curr_t = p_tok[:b], p_tok[b:]
         s_prev_t, s_curr_t = s_tok[:b], s_tok[b:]
         ratio = d.mask_ratio if (self.training or d.mask_ratio >= 1.0) else 0.0
-        a_tok, masked = self.f_a(actions, valid, ratio)
+        a_tok, masked = self.f_a(actions, valid, ratio, d.chunk_mask_prob if self.training else 0.0)
         z_p = self.proprio_transition(p_curr_t, torch.cat([p_prev_t, a_tok], 1))
         z_s = self.semantic_transition(s_curr_t, torch.cat([s_prev_t, a_tok], 1))
         if d.attention == "p_to_s":
@@ -194,5 +194,6 @@ class CrossModalDynamics(nn.Module):
             target_std_p=tp.std(0).mean() if tp.shape[0] > 1 else torch.zeros(()),
             target_std_s=ts.std(0).mean() if ts.shape[0] > 1 else torch.zeros(()),
             mask_rate=masked.float().mean(),
+            chunk_masked_rate=masked.all(-1).float().mean(),  # samples that saw none of their past actions
         )
         return loss, {k: float(v) for k, v in metrics.items()}

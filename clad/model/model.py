@@ -92,9 +92,14 @@ class CladModel(nn.Module):
 
     def _stage1_modules(self) -> list[nn.Module]:
         mods = [self.dynamics, self.target_vision]
-        if self.dynamics is not None:
+        if self.dynamics is not None or self.cfg.stage1_vision_frozen:
             mods.append(self.vision)  # a trainable backbone is trained in stage 1 only
         return [m for m in mods if m is not None]
+
+    @property
+    def has_stage1(self) -> bool:
+        """Parts trained in stage 1 are in this model (dynamics, or the matched control's frozen CNN)."""
+        return self.dynamics is not None or self.cfg.stage1_vision_frozen
 
     def freeze_stage1(self) -> None:
         """Stage 2: stage 1 gets no gradient, stays in eval mode (no action masking, no dropout)."""
@@ -117,8 +122,8 @@ class CladModel(nn.Module):
 
     def stage2_parameters(self) -> Iterator[nn.Parameter]:
         yield from (p for p in self.policy.parameters() if p.requires_grad)
-        if self.dynamics is None and self.cfg.vision.trainable:  # policy-only: the CNN is trained here
-            yield from self.vision.parameters()
+        if self.dynamics is None and self.cfg.vision.trainable and not self.cfg.stage1_vision_frozen:
+            yield from self.vision.parameters()  # policy-only with its own CNN: the CNN is trained here
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -136,11 +141,13 @@ class CladModel(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # inputs
 
-    def visual_features(self, batch: Batch, frames: Sequence[str], target: bool = False) -> list[torch.Tensor]:
+    def visual_features(self, batch: Batch, frames: Sequence[str], target: bool = False,
+                        offsets: torch.Tensor | None = None) -> list[torch.Tensor]:
         """v for each frame name ('prev', 'curr', 'next'): a list of (B, V * F).
 
         Precomputed `feat_<frame>` keys (B, V, F) are used when the backbone is frozen; otherwise the frames
-        go through the (target) backbone together, sharing one random crop per sample.
+        go through the (target) backbone together, sharing one random crop per sample, or the crops `offsets`
+        (B, V, 2) from `crop_offsets` when given (so that several networks see the same crop).
         """
         keys = [f"feat_{f}" for f in frames]
         if not self.cfg.vision.trainable and all(k in batch for k in keys):
@@ -154,12 +161,22 @@ class CladModel(nn.Module):
         net = self.target_vision if target and self.target_vision is not None else self.vision
         rgb = torch.cat([batch[f"rgb_{f}"] for f in frames])
         with torch.no_grad() if target else contextlib.nullcontext():
-            feats = net(rgb, share=len(frames))
+            feats = net(rgb, share=len(frames), offsets=offsets)
         return list(feats.float().split(batch[f"rgb_{frames[0]}"].shape[0]))
 
-    def _dynamics_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def crop_offsets(self, batch: Batch, random: bool) -> torch.Tensor | None:
+        """One crop per sample (B, V, 2), random or centre, for every network that reads this batch's frames;
+        None when nothing is cropped."""
+        if self.vision is None or not self.cfg.vision.trainable:
+            return None
+        key = next((k for k in batch if k.startswith("rgb_")), None)
+        if key is None:
+            return None
+        return self.vision.draw_offsets(batch[key].shape[0], random, device=self.device)
+
+    def _dynamics_inputs(self, batch: Batch, offsets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         norm = self.normalizer
-        v_prev, v_curr = self.visual_features(batch, ("prev", "curr"))
+        v_prev, v_curr = self.visual_features(batch, ("prev", "curr"), offsets=offsets)
         return dict(
             p_prev=norm.normalize("proprio", batch["proprio_prev"].float()),
             p_curr=norm.normalize("proprio", batch["proprio_curr"].float()),
@@ -179,16 +196,42 @@ class CladModel(nn.Module):
             raise ConfigError("policy.foresight='none' has no stage 1 to train")
         batch = self._to_device(batch)
         with self.autocast():
-            inputs = self._dynamics_inputs(batch)
+            # one crop per sample for the online frames (t - tau, t) and the EMA target's frame (t + tau)
+            offsets = self.crop_offsets(batch, random=self.training)
+            inputs = self._dynamics_inputs(batch, offsets)
             p_next = self.normalizer.normalize("proprio", batch["proprio_next"].float())
             if self.cfg.vision.trainable:
-                (v_next,) = self.visual_features(batch, ("next",), target=True)
+                (v_next,) = self.visual_features(batch, ("next",), target=True, offsets=offsets)
                 # a fixed, observable target: the learned feature would move with the weights
                 recon_s = downsample_images(batch["rgb_next"], self.cfg.vision.recon_image_size)
             else:
                 (v_next,) = self.visual_features(batch, ("next",))
                 recon_s = v_next
             return self.dynamics.loss(inputs, p_next, v_next, recon_s)
+
+    @torch.no_grad()
+    def target_baselines(self, batch: Batch) -> dict[str, float]:
+        """What the stage-1 cosines must beat, from the EMA targets (centre crop): `cos_still_p/s` = mean cosine
+        of the target at t with the target at t + tau ("nothing changes"), and `target_cos_pairwise_p/s` = mean
+        cosine between the targets of different samples (how spread out the targets are; 1 = collapsed)."""
+        if self.dynamics is None:
+            raise ConfigError("policy.foresight='none' has no stage 1")
+        batch = self._to_device(batch)
+        norm, lang = self.normalizer, batch["lang_emb"].float()
+        if self.cfg.vision.trainable:
+            offsets = self.crop_offsets(batch, random=False)
+            v_curr, v_next = self.visual_features(batch, ("curr", "next"), target=True, offsets=offsets)
+        else:
+            v_curr, v_next = self.visual_features(batch, ("curr", "next"))
+        now = self.dynamics.targets(norm.normalize("proprio", batch["proprio_curr"].float()), v_curr, lang)
+        later = self.dynamics.targets(norm.normalize("proprio", batch["proprio_next"].float()), v_next, lang)
+        out = {}
+        for name, a, b in (("p", now[0], later[0]), ("s", now[1], later[1])):
+            out[f"cos_still_{name}"] = float((a * b).sum(-1).mean())  # targets are unit vectors
+            n = b.shape[0]
+            off = ~torch.eye(n, dtype=torch.bool, device=b.device)
+            out[f"target_cos_pairwise_{name}"] = float((b @ b.T)[off].mean()) if n > 1 else 1.0
+        return out
 
     # ------------------------------------------------------------------------------------------------------
     # stage 2 and inference
@@ -205,24 +248,27 @@ class CladModel(nn.Module):
         """The denoiser's condition (B, G) for the current observation window."""
         pol = self.policy
         obs = self._to_device(obs)
-        frozen = torch.no_grad() if self.dynamics is not None else contextlib.nullcontext()
+        frozen = torch.no_grad() if self.has_stage1 else contextlib.nullcontext()
+        # stage-2 augmentation, the same for every variant: one crop per sample shared by every network that
+        # reads the frames (frozen stage-1 CNN, the CNN trained in stage 2); evaluation: centre crop
+        offsets = self.crop_offsets(obs, random=self.training and self.cfg.policy.augment == "random_crop")
         p_curr = self.normalizer.normalize("proprio", obs["proprio_curr"].float())
         lang = obs["lang_emb"].float()
         z_p = z_s = None
         with frozen:  # stage 1 (incl. a stage-1-trained backbone) never receives policy gradients
             if self.dynamics is not None:
-                inputs = self._dynamics_inputs(obs)
+                inputs = self._dynamics_inputs(obs, offsets)
                 z_p, z_s = self.dynamics(**inputs)
                 v_curr = inputs["v_curr"]
             else:
-                (v_curr,) = self.visual_features(obs, ("curr",))
+                (v_curr,) = self.visual_features(obs, ("curr",), offsets=offsets)
             if pol.obs_encoders is None:  # reuse the frozen stage-1 state encoders
                 how = self.cfg.dynamics.target_pool
                 o_p = pool_tokens(self.dynamics.encoders.proprio(p_curr), how)
                 o_s = pool_tokens(self.dynamics.encoders.semantic(v_curr, lang), how)
         if pol.vision is not None:  # the policy's own trainable CNN (policy.obs_vision='own')
-            v_curr = pol.vision(obs["rgb_curr"]).float()
-        elif self.dynamics is not None:
+            v_curr = pol.vision(obs["rgb_curr"], offsets=offsets).float()
+        elif self.has_stage1:
             v_curr = v_curr.detach()
         if pol.obs_encoders is not None:
             o_p = pol.obs_encoders.proprio(p_curr)
@@ -231,7 +277,7 @@ class CladModel(nn.Module):
 
     def stage2_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """DDPM epsilon loss of the policy, masked by actions_future_mask. Stage 1 must be frozen."""
-        if self.dynamics is not None and not self.stage1_frozen:
+        if self.has_stage1 and not self.stage1_frozen:
             raise RuntimeError("call model.freeze_stage1() before stage-2 training")
         batch = self._to_device(batch)
         with self.autocast():

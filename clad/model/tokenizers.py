@@ -59,9 +59,11 @@ class ActionTokenizer(nn.Module):
             self.register_buffer("pos", sinusoidal_positions(tau, hidden_dim), persistent=False)
 
     def forward(
-        self, actions: torch.Tensor, valid: torch.Tensor | None = None, mask_ratio: float = 0.0
+        self, actions: torch.Tensor, valid: torch.Tensor | None = None, mask_ratio: float = 0.0,
+        chunk_mask_prob: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """actions (B, tau, A) normalised, valid (B, tau) bool -> tokens (B, tau, H), masked (B, tau) bool."""
+        """actions (B, tau, A) normalised, valid (B, tau) bool -> tokens (B, tau, H), masked (B, tau) bool.
+        `chunk_mask_prob`: each sample's whole chunk is masked with this probability (besides per-token)."""
         b, t, _ = actions.shape
         if t != self.tau:
             raise ValueError(f"expected {self.tau} past actions (dynamics.tau), got {t}")
@@ -72,6 +74,8 @@ class ActionTokenizer(nn.Module):
             masked[:] = True
         elif mask_ratio > 0.0:
             masked |= torch.rand(b, t, device=actions.device) < mask_ratio
+        if 0.0 < chunk_mask_prob:
+            masked |= torch.rand(b, 1, device=actions.device) < chunk_mask_prob
         tokens = self.net(actions)
         tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype).expand_as(tokens), tokens)
         return tokens + self.pos, masked

@@ -44,26 +44,38 @@ def to_float_images(rgb: torch.Tensor, size: int, rotate180: bool) -> torch.Tens
     return x
 
 
-def crop(x: torch.Tensor, ratio: float, random: bool, share: int = 1) -> torch.Tensor:
+def crop(x: torch.Tensor, ratio: float, random: bool, share: int = 1, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """(N, C, S, S) -> (N, C, s, s) with s = round(S * ratio): a random crop per image, or the centre crop.
 
     With `share` > 1, x is `share` stacked groups of N // share images that get the same offsets (the frames
-    of one sample must be cropped alike, or the crop itself looks like motion)."""
+    of one sample must be cropped alike, or the crop itself looks like motion). `offsets` (N // share, 2)
+    (row, col) fixes the crops instead (`crop_offsets`), so that several networks can see the same crop."""
     if ratio >= 1.0:
         return x
     n, _, size, _ = x.shape
     s = max(1, round(size * ratio))
-    if not random:
+    if offsets is None and not random:
         o = (size - s) // 2
         return x[..., o : o + s, o : o + s]
-    oy = torch.randint(0, size - s + 1, (n // share,), device=x.device).repeat(share)
-    ox = torch.randint(0, size - s + 1, (n // share,), device=x.device).repeat(share)
+    if offsets is None:
+        offsets = crop_offsets(n // share, size, ratio, random=True, device=x.device)
+    if offsets.shape != (n // share, 2):
+        raise ValueError(f"crop offsets have shape {tuple(offsets.shape)}, expected ({n // share}, 2)")
+    oy, ox = offsets.to(x.device).long().repeat(share, 1).unbind(-1)
     ar = torch.arange(s, device=x.device)
     rows = (oy[:, None] + ar)[:, None, :, None]  # (N, 1, s, 1)
     cols = (ox[:, None] + ar)[:, None, None, :]  # (N, 1, 1, s)
     idx_n = torch.arange(n, device=x.device)[:, None, None, None]
     idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return x[idx_n, idx_c, rows, cols]
+
+
+def crop_offsets(n: int, size: int, ratio: float, random: bool, device=None) -> torch.Tensor:
+    """(n, 2) crop offsets (row, col) for `crop` of (size x size) images: uniform, or all at the centre."""
+    s = max(1, round(size * ratio))
+    if not random:
+        return torch.full((n, 2), (size - s) // 2, dtype=torch.long, device=device)
+    return torch.randint(0, size - s + 1, (n, 2), device=device)
 
 
 def downsample_images(rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -390,22 +402,32 @@ class VisionEncoder(nn.Module):
             self.backbone.eval()  # frozen: BatchNorm statistics and dropout never change
         return self
 
-    def preprocess(self, rgb: torch.Tensor, share: int = 1) -> torch.Tensor:
+    def preprocess(self, rgb: torch.Tensor, share: int = 1, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, H, W) uint8 -> (N, 3, S, S) normalised float."""
         if not self.trainable:
             return clip_inputs(rgb, self.image_size, self.cfg.rotate180)
         x = to_float_images(rgb, self.image_size, self.cfg.rotate180)
-        x = crop(x, self.cfg.crop_ratio, random=self.training, share=share)
+        x = crop(x, self.cfg.crop_ratio, random=self.training, share=share, offsets=offsets)
         return (x - self.mean) / self.std
 
-    def forward(self, rgb: torch.Tensor, share: int = 1) -> torch.Tensor:
+    def draw_offsets(self, batch: int, random: bool, device=None) -> torch.Tensor | None:
+        """Crop offsets (batch, V, 2) for `forward(offsets=...)`: random or centre; None when nothing is cropped
+        (crop_ratio 1, or a frozen pretrained backbone, which never crops)."""
+        if not self.trainable or self.cfg.crop_ratio >= 1.0:
+            return None
+        o = crop_offsets(batch * self.cfg.num_views, self.image_size, self.cfg.crop_ratio, random, device)
+        return o.view(batch, self.cfg.num_views, 2)
+
+    def forward(self, rgb: torch.Tensor, share: int = 1, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """rgb (B, V, 3, H, W) uint8 -> (B, V * F). `share`: rgb stacks `share` frames of B // share samples
-        along B; they get the same random crop."""
+        along B; they get the same random crop. `offsets` (B // share, V, 2) from `draw_offsets` fixes the
+        crops (whatever the train/eval mode), so that other networks can be given the same ones."""
         b, v = rgb.shape[:2]
         if v != self.cfg.num_views:
             raise ValueError(f"got {v} camera views, vision.cameras lists {self.cfg.num_views}")
         if self.trainable:
-            feats = [net(self.preprocess(rgb[:, i], share)) for i, net in enumerate(self.nets)]
+            feats = [net(self.preprocess(rgb[:, i], share, None if offsets is None else offsets[:, i]))
+                     for i, net in enumerate(self.nets)]
             return torch.cat(feats, dim=-1)
         with torch.no_grad():
             x = self.preprocess(rgb.flatten(0, 1))

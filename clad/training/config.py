@@ -80,6 +80,9 @@ class TrainConfig(FrozenConfig):
         if self.stage == "stage2" and self.model.has_dynamics and not self.stage1_checkpoint:
             raise ValueError("stage 2 with foresight needs stage1_checkpoint (a stage-1 output directory); "
                              "set it, or set model.policy.foresight=none for the policy-only variant")
+        if self.stage == "stage2" and self.model.needs_stage1_checkpoint and not self.stage1_checkpoint:
+            raise ValueError("model.policy.obs_vision=frozen_stage1 reads the frozen stage-1 CNN: set "
+                             "stage1_checkpoint to the stage-1 output directory of the CLaD run it is matched to")
         if self.stage == "stage1" and not self.model.has_dynamics:
             raise ValueError("stage 1 trains the dynamics model, but model.policy.foresight=none has none")
         return self

@@ -49,7 +49,9 @@ def validate_stage1(model: CladModel, batches: Iterable[Batch]) -> dict[str, flo
     """Stage-1 losses, foresight-to-target cosine and collapse indicator on held-out windows, plus
     `recon_at_horizon`: the L1 error of the decoded proprio foresight at t+tau divided by the error of the
     "nothing moves" predictor p_t, both in normalised units. < 1 means the foresight knows more than the
-    present; being relative to each horizon's own trivial predictor, it is comparable across tau."""
+    present; being relative to each horizon's own trivial predictor, it is comparable across tau.
+    `cos_still_p/s` (cosine of the target at t with the target at t + tau) and `target_cos_pairwise_p/s`
+    (between the targets of different samples) are the baselines the cosines are read against."""
     was_training = model.training
     model.eval()
     rows = []
@@ -62,6 +64,8 @@ def validate_stage1(model: CladModel, batches: Iterable[Batch]) -> dict[str, flo
         if "recon_p" in metrics:
             metrics["recon_at_horizon"] = metrics["recon_p"] / max(baseline, 1e-6)
         metrics["still_baseline_p"] = baseline
+        # what cos_p / cos_s must beat: the target at t against the target at t + tau, and the targets' spread
+        metrics.update(model.target_baselines(batch))
         rows.append(metrics)
     model.train(was_training)
     return {f"val/{k}": v for k, v in _mean(rows).items()}
@@ -70,21 +74,27 @@ def validate_stage1(model: CladModel, batches: Iterable[Batch]) -> dict[str, flo
 @torch.no_grad()
 def validate_stage2(model: CladModel, batches: Iterable[Batch], seed: int = 0) -> dict[str, float]:
     """Stage-2 denoising loss and the error of sampled action chunks against the demonstrated ones
-    (MSE and L1 in normalised units, over the valid steps of each chunk)."""
+    (MSE and L1 in normalised units, over the valid steps of each chunk).
+
+    `action_mse_past_masked` / `action_l1_past_masked`: the same with every past action masked (the same
+    diffusion noise): in open loop the past actions are the demonstrator's, so `action_mse` rewards copying
+    them; the masked number does not (in closed loop the past actions are the policy's own)."""
     was_training = model.training
     model.eval()
     rows = []
     gen = torch.Generator(device=model.device).manual_seed(seed)
+    gen_masked = torch.Generator(device=model.device).manual_seed(seed)
     for batch in batches:
         _, metrics = model.stage2_loss(batch)
-        pred = model.predict_actions(batch, generator=gen)
         norm = model.normalizer
-        target = batch["actions_future"].to(model.device).float()
+        target = norm.normalize("actions", batch["actions_future"].to(model.device).float())
         mask = batch["actions_future_mask"].to(model.device).bool()
-        err = norm.normalize("actions", pred) - norm.normalize("actions", target)
-        valid = mask.unsqueeze(-1).expand_as(err)
-        metrics["action_mse"] = err.pow(2)[valid].mean().item()
-        metrics["action_l1"] = err.abs()[valid].mean().item()
+        masked_past = dict(batch, actions_past_mask=torch.zeros_like(batch["actions_past_mask"]))
+        for suffix, b, g in (("", batch, gen), ("_past_masked", masked_past, gen_masked)):
+            err = norm.normalize("actions", model.predict_actions(b, generator=g)) - target
+            valid = mask.unsqueeze(-1).expand_as(err)
+            metrics[f"action_mse{suffix}"] = err.pow(2)[valid].mean().item()
+            metrics[f"action_l1{suffix}"] = err.abs()[valid].mean().item()
         rows.append(metrics)
     model.train(was_training)
     return {f"val/{k}": v for k, v in _mean(rows).items()}

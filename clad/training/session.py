@@ -24,8 +24,9 @@ from torch import nn
 
 from clad.config import save_config
 from clad.errors import CheckpointError, DataError
-from clad.model.checkpoint import load_checkpoint, save_checkpoint
+from clad.model.checkpoint import load_checkpoint, load_stage1_vision, save_checkpoint
 from clad.model.model import CladModel
+from clad.model.task_table import TASK_TABLE, write_task_table
 from clad.training.config import TrainConfig
 from clad.training.objectives import StageObjective, validate_stage1, validate_stage2
 from clad.training.optim import build_optimizer, build_scheduler
@@ -100,6 +101,10 @@ class TrainingSession:
             load_checkpoint(_model_dir(cfg.stage1_checkpoint), model=model)
             model.freeze_stage1()
             model.init_policy_vision()
+        elif cfg.stage == "stage2" and cfg.model.needs_stage1_checkpoint:
+            # the matched-vision control: only the frozen stage-1 CNN, no dynamics, no foresight
+            load_stage1_vision(_model_dir(cfg.stage1_checkpoint), model)
+            model.freeze_stage1()
         if cfg.stage == "stage1":
             model.policy.requires_grad_(False)  # trained in stage 2
         self.model = model.to(self.device)
@@ -156,11 +161,16 @@ class TrainingSession:
     # ------------------------------------------------------------------------------------------------------
 
     def export_model(self, directory: str | Path) -> Path:
-        """The model directory users evaluate (stage 2: EMA weights)."""
+        """The model directory users evaluate (stage 2: EMA weights), with the dataset's instruction table
+        (the strings training conditioned on; evaluation conditions on the same, clad/model/task_table.py)."""
         if self.policy_ema is not None:
             with self.policy_ema.swapped_in():
-                return save_checkpoint(self.model, directory, self.cfg.stage)
-        return save_checkpoint(self.model, directory, self.cfg.stage)
+                out = save_checkpoint(self.model, directory, self.cfg.stage)
+        else:
+            out = save_checkpoint(self.model, directory, self.cfg.stage)
+        if (Path(self.cfg.dataset_dir) / TASK_TABLE).is_file():
+            write_task_table(out, self.cfg.dataset_dir)
+        return out
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
