@@ -24,7 +24,7 @@ from torch import nn
 
 from clad.config import save_config
 from clad.errors import CheckpointError, DataError
-from clad.model.checkpoint import load_checkpoint, save_checkpoint
+from clad.model.checkpoint import dataset_identity, load_checkpoint, save_checkpoint
 from clad.model.model import CladModel
 from clad.training.config import TrainConfig
 from clad.training.objectives import StageObjective, validate_stage1, validate_stage2
@@ -156,11 +156,12 @@ class TrainingSession:
     # ------------------------------------------------------------------------------------------------------
 
     def export_model(self, directory: str | Path) -> Path:
-        """The model directory users evaluate (stage 2: EMA weights)."""
+        """The model directory users evaluate (stage 2: EMA weights), recording the dataset it was trained on."""
+        identity = dataset_identity(self.cfg.dataset_dir)
         if self.policy_ema is not None:
             with self.policy_ema.swapped_in():
-                return save_checkpoint(self.model, directory, self.cfg.stage)
-        return save_checkpoint(self.model, directory, self.cfg.stage)
+                return save_checkpoint(self.model, directory, self.cfg.stage, identity)
+        return save_checkpoint(self.model, directory, self.cfg.stage, identity)
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
