@@ -58,6 +58,10 @@ def test_stage1_checkpoint_is_refused_by_eval(tmp_path):
     with pytest.raises(CheckpointError, match=r"is a stage1 checkpoint.*needs a stage2 checkpoint.*clad train stage2"):
         run_evaluation(cfg, tmp_path / "out", use_mlflow=False, progress=False)
     assert not (tmp_path / "out").exists()
+    run_dir = _tiny_checkpoint(tmp_path / "stage2" / "final", "stage2").parent
+    with pytest.raises(CheckpointError, match=r"is a training run folder: pass its model, .*stage2/final"):
+        run_evaluation(cfg.replace(policy=PolicySpec(kind="clad", checkpoint=str(run_dir))), tmp_path / "out",
+                       use_mlflow=False, progress=False)
 
 
 def test_truncated_weights_fail_on_the_driver(tmp_path):

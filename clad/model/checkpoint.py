@@ -145,6 +145,8 @@ def inspect_checkpoint(directory: str | Path, expect_stage: str | None = None, f
         raise CheckpointError(f"{flag} {directory} does not exist")
     if not directory.is_dir():
         raise CheckpointError(f"{flag} {directory} is a file: pass the checkpoint folder (holding {WEIGHTS})")
+    if not (directory / CONFIG).is_file() and (directory / "final" / WEIGHTS).is_file():
+        raise CheckpointError(f"{flag} {directory} is a training run folder: pass its model, {directory / 'final'}")
     cfg = read_checkpoint_config(directory)
     weights = directory / WEIGHTS
     if not weights.is_file():
