@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except CladError as err:
         print(f"clad {args.command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a short line, not a traceback (commands clean up in their own handlers)
+        print(f"\nclad {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         logs.close()
 

@@ -6,7 +6,17 @@ import argparse
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
-    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    # the example is this command's own syntax (e.g. `steps=100` for clad train, `train.steps=100` for clad
+    # pipeline): a malformed override is refused by argparse with it, before any config is read
+    first = example.split()[1] if example.startswith("-o ") else example
+
+    def key_value(text: str) -> str:
+        key, eq, _ = text.partition("=")
+        if not eq or not key.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE; e.g. -o {first}")
+        return text
+
+    p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=key_value,
                    help=f"override a config field, e.g. {example} (repeatable)")
 
 

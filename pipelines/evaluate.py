@@ -18,10 +18,13 @@ import argparse
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import pydantic
 
 from clad.errors import CheckpointError, CladError, ConfigError
 from clad.eval.config import RESULT_FIELDS, EvalConfig
@@ -31,6 +34,8 @@ from clad.eval.results import EPISODES_FILE, EpisodeResult
 __all__ = ["register", "run_evaluation", "EvalReport", "config_from_args", "default_out_dir"]
 
 log = logging.getLogger(__name__)
+
+MLFLOW_FAILED = 3  # exit code: the evaluation finished but its MLflow logging did not
 
 
 @dataclass
@@ -46,8 +51,9 @@ class EvalReport:
 def _check_resume(out: Path, cfg: EvalConfig) -> None:
     """Refuse to mix episodes of different settings in one output dir."""
     path = out / "eval_config.json"
-    if not path.is_file():
-        return
+    episodes = out / EPISODES_FILE
+    if not path.is_file() or not episodes.is_file() or episodes.stat().st_size == 0:
+        return  # no episodes to mix with: the new settings simply replace the old file
     try:
         old = EvalConfig.model_validate(json.loads(path.read_text()))
     except Exception as err:
@@ -76,13 +82,12 @@ def _metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)[:200]
 
 
-def _log_mlflow(cfg: EvalConfig, out: Path, summary_doc: dict, paths: dict, tracking_uri: str | None,
-                experiment: str, parent_run_id: str | None = None) -> str:
+def _log_mlflow(cfg: EvalConfig, out: Path, summary_doc: dict, paths: dict, tracking, experiment: str,
+                parent_run_id: str | None = None) -> str:
     import mlflow
 
-    from pipelines.tracking import resolve_tracking, start_run
+    from pipelines.tracking import start_run
 
-    tracking = resolve_tracking(out, tracking_uri, experiment=experiment)
     run_file = out / "mlflow_run.json"
     run_id = previous_run_id(run_file, tracking.uri)
     params = {"eval": cfg.to_dict()}
@@ -144,6 +149,46 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     The MLflow run is a child of `parent_run_id` when given (e.g. `clad pipeline`'s run).
     `on_result(result, pool)` is called on the driver after each episode is logged (hooks for tests).
     """
+    from pipelines.locking import check_folder_arg, lock_folder
+
+    t_start = time.perf_counter()
+    # Every check that can fail runs before anything is written: a refused command leaves no state behind.
+    check_policy(cfg)
+    tasks = _resolve_tasks(cfg)
+    out = check_folder_arg(out_dir).resolve()
+    tracking = None
+    if use_mlflow:  # the default store lives in <out>/mlflow; an explicit one is checked before <out> is made
+        from pipelines.tracking import check_tracking, resolve_tracking
+
+        tracking = resolve_tracking(out, tracking_uri, experiment=experiment)
+        check_tracking(tracking, no_tracking_hint=", or pass --no-mlflow")
+    with lock_folder(out, "clad eval"):
+        # under the lock: the settings check and the write of eval_config.json are one step
+        _check_resume(out, cfg)
+        return _run_locked(cfg, out, tasks, t_start, address=address, tracking=tracking, experiment=experiment,
+                           on_result=on_result, progress=progress, parent_run_id=parent_run_id)
+
+
+def check_policy(cfg: EvalConfig) -> None:
+    """A bad checkpoint or --runtime value fails here, on the driver, not in every env actor."""
+    if cfg.policy.kind != "clad":
+        return
+    from clad.eval.agent_adapter import AgentInputAdapter, checkpoint_config
+    from clad.model.checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(cfg.policy.checkpoint, expect_stage="stage2", flag="--checkpoint")
+    model_cfg = checkpoint_config(cfg.policy.checkpoint, cfg.policy.runtime)
+    try:
+        AgentInputAdapter(model_cfg.vision.cameras, model_cfg.proprio_keys, model_cfg.lang_dim)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"--checkpoint {info.directory}: the env cannot provide its inputs: {err}") from None
+    if info.instructions is not None:
+        log.info("checkpoint %s was trained on %d task instruction(s) (dataset %s)", info.directory,
+                 len(info.instructions), (info.dataset_fingerprint or "?")[:12])
+
+
+def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, address, tracking, experiment,
+                on_result, progress, parent_run_id) -> EvalReport:
     from tqdm import tqdm
 
     from clad.config import save_config
@@ -156,23 +201,10 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     from pipelines.ray_runtime import init_ray, size_pool
     from pipelines.rollout_pool import PoolConfig, RolloutPool
 
-    t_start = time.perf_counter()
-    if cfg.policy.kind == "clad":  # a bad checkpoint or --runtime value fails here, not in every env actor
-        from clad.eval.agent_adapter import checkpoint_config
-        from clad.model.checkpoint import WEIGHTS
-
-        checkpoint_config(cfg.policy.checkpoint, cfg.policy.runtime)
-        if not (Path(cfg.policy.checkpoint) / WEIGHTS).is_file():
-            raise CheckpointError(f"{Path(cfg.policy.checkpoint) / WEIGHTS} is missing: pass the final/ folder "
-                                  "written by `clad train stage2`")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg)
     paths = {"out": str(out), "episodes": str(out / EPISODES_FILE), "summary": str(out / "summary.json"),
              "plot": str(out / "success.png"), "videos": str(out / "videos"), "config": str(out / "eval_config.json")}
     save_config(cfg, paths["config"])
 
-    tasks = _resolve_tasks(cfg)
     task_names = {t.index: t.name for t in tasks}
     max_steps = cfg.max_steps or MAX_STEPS[cfg.suite]
     plan = plan_episodes(cfg.suite, [t.index for t in tasks], cfg.episodes_per_task, cfg.base_seed, max_steps,
@@ -263,11 +295,15 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     Path(paths["summary"]).write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
     plot_success(summary, paths["plot"], title=f"{cfg.suite}: {cfg.policy.kind} ({summary['overall']['n']} episodes)")
     table = format_table(summary)
-    if use_mlflow:
+    if tracking is not None:
         try:
-            paths["mlflow_run_id"] = _log_mlflow(cfg, out, doc, paths, tracking_uri, experiment, parent_run_id)
+            paths["mlflow_run_id"] = _log_mlflow(cfg, out, doc, paths, tracking, experiment, parent_run_id)
         except Exception as err:  # tracking problems must not lose a finished evaluation
-            log.warning("MLflow logging failed (%s); results are in %s", err, out)
+            paths["mlflow_error"] = (
+                f"MLflow logging to {tracking.uri} failed ({type(err).__name__}: {str(err).strip()[:200]}). "
+                f"The results are safe in {out}. To log them later, run the same command again once the store is "
+                f"reachable: every finished episode is skipped, so it only logs")
+            log.warning(paths["mlflow_error"])
     return EvalReport(out_dir=out, summary=doc, table=table, paths=paths, episodes_run=len(new_results))
 
 
@@ -295,10 +331,34 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             episode_timeout_s=args.episode_timeout, max_attempts=args.max_attempts,
             server_max_batch=args.server_max_batch, server_max_wait_ms=args.server_max_wait_ms,
             video_episodes=args.video_episodes)
-    except Exception as err:  # pydantic.ValidationError -> a message that names the flag
-        if isinstance(err, CladError):
-            raise
+    except pydantic.ValidationError as err:  # -> a message that names the flag, not pydantic's URL
+        raise ConfigError("invalid eval options:\n  " + "\n  ".join(_flag_errors(err))) from None
+    except CladError:
+        raise
+    except ValueError as err:
         raise ConfigError(f"invalid eval options: {err}") from None
+
+
+# EvalConfig / PolicySpec field -> the `clad eval` flag that sets it
+FLAGS = {"suite": "--suite", "tasks": "--tasks", "episodes_per_task": "--episodes-per-task", "base_seed": "--seed",
+         "max_steps": "--max-steps", "settle_steps": "--settle-steps", "camera_size": "--camera-size",
+         "policy_mode": "--policy-mode", "actors": "--actors", "cpus_per_actor": "--cpus-per-actor",
+         "rollout_resource": "--rollout-resource", "env_gpus_per_actor": "--env-gpus-per-actor",
+         "recycle_after": "--recycle-after", "episode_timeout_s": "--episode-timeout",
+         "max_attempts": "--max-attempts", "server_max_batch": "--server-max-batch",
+         "server_max_wait_ms": "--server-max-wait-ms", "video_episodes": "--video-episodes",
+         "kind": "--policy", "checkpoint": "--checkpoint", "device": "--device", "runtime": "--runtime"}
+
+
+def _flag_errors(err: pydantic.ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        names = [str(p) for p in e["loc"] if not isinstance(p, int)]
+        flag = next((FLAGS[n] for n in reversed(names) if n in FLAGS), None)
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{flag} {e.get('input')!r}: {msg}" if flag and e["type"] != "value_error" else
+                     (f"{flag}: {msg}" if flag else msg))
+    return lines
 
 
 def main(args: argparse.Namespace) -> int:
@@ -312,7 +372,7 @@ def main(args: argparse.Namespace) -> int:
                                 address=args.address, use_mlflow=not args.no_mlflow, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished episodes are kept in {out / 'episodes.jsonl'}; "
-              "run the same command again to resume")
+              "run the same command again to resume", file=sys.stderr)
         return 130
     t = report.summary["timings"]
     print()
@@ -328,6 +388,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"log:      {log_file}")
     if report.paths.get("mlflow_run_id"):
         print(f"mlflow:   run {report.paths['mlflow_run_id']}")
+    if report.paths.get("mlflow_error"):
+        print(f"\n{report.paths['mlflow_error']}", file=sys.stderr)
+        return MLFLOW_FAILED
     return 0 if report.summary["complete"] else 1
 
 

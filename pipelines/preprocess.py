@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from filelock import FileLock, Timeout
 
 from clad.config import load_config
 from clad.data import outputs
@@ -50,8 +49,7 @@ from pipelines.cli_args import add_overrides
 log = logging.getLogger(__name__)
 
 READ_CPUS = 0.5  # per read/scan task: whole-CPU tasks starve actor pools on 2-core machines (ray-stack.md §3)
-FEATURE_POOL_SHARE = 0.5
-LOCK_FILE = ".preprocess.lock"  # the feature actor pool may take half the CPUs; the read tasks get the rest
+FEATURE_POOL_SHARE = 0.5  # the feature actor pool may take half the CPUs; the read tasks get the rest
 
 
 @dataclass
@@ -76,8 +74,8 @@ class PreprocessResult:
                  f"  files {c['files']} ({c['files_rejected']} rejected), demos found {c['demos_found']}",
                  f"  train: {c['episodes']['train']} episodes, {c['steps']['train']} steps",
                  f"  val:   {c['episodes']['val']} episodes, {c['steps']['val']} steps",
-                 f"  rejected demos: {c['rejected_demos']}"
-                 + (f" {c['rejections_by_kind']}" if c['rejections_by_kind'] else ""),
+                 f"  rejected: {c['rejected_demos']} demo(s), {c['files_rejected']} whole file(s)"
+                 + (f", by reason {c['rejections_by_kind']}" if c['rejections_by_kind'] else ""),
                  f"  image size {self.manifest['image_size'][0]}x{self.manifest['image_size'][1]}, "
                  f"views {self.manifest['views']}, tasks {len(self.manifest['tasks'])}"]
         if c["rejections_by_kind"]:
@@ -190,7 +188,11 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     """
     cfg = cfg or PreprocessConfig()
     t0 = time.perf_counter()
-    input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir).resolve()
+    from pipelines.locking import check_folder_arg
+
+    input_dir, out_dir = Path(input_dir).resolve(), check_folder_arg(out_dir).resolve()
+    if out_dir == input_dir or input_dir in out_dir.parents:
+        raise DataError(f"--out {out_dir} is inside --input {input_dir}: choose an output folder outside the demos")
     files = find_demo_files(input_dir)
     if not files:
         raise DataError(f"no *_demo.hdf5 files under {input_dir} (searched sub-folders too)")
@@ -209,23 +211,15 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     if not force and existing_fingerprint(out_dir) == fp:
         return PreprocessResult(out_dir, True, read_manifest(out_dir), time.perf_counter() - t0)
 
+    from pipelines.locking import lock_folder
     from pipelines.ray_runtime import init_ray
 
-    t = time.perf_counter()
-    init_ray(address=ray_address)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    timings["ray_init"] = time.perf_counter() - t
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out_dir / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise DataError(f"another `clad preprocess` is writing {out_dir} (lock {out_dir / LOCK_FILE}); "
-                        "wait for it or choose another --out") from None
-    try:
+    with lock_folder(out_dir, "clad preprocess"):  # before Ray: a second writer is refused at once
+        t = time.perf_counter()
+        init_ray(address=ray_address)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        timings["ray_init"] = time.perf_counter() - t
         return _build(input_dir, out_dir, cfg, files, infos, fp, timings, t0, readers, feature_actors)
-    finally:
-        lock.release()
 
 
 def _build(input_dir: Path, out_dir: Path, cfg: PreprocessConfig, files: list[Path], infos, fp: str,

@@ -9,6 +9,10 @@ Where runs go, in order of precedence:
 
 Runs nest across processes through the `mlflow.parentRunId` tag, so a Ray worker or a Tune trial can open
 a child of the driver's run without sharing its Python state.
+
+Failure policy: `check_tracking` reaches the store once, without retries, before a command starts any work
+(an unreachable server is a clear error naming the URI, not minutes of retries inside a worker). During a
+run, `GuardedTracking` turns a tracking failure into one warning: results never depend on MLflow.
 """
 
 from __future__ import annotations
@@ -24,10 +28,22 @@ from typing import Any, Iterator, Mapping
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from clad.errors import CladError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "clad"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow's HTTP defaults (7 retries, exponential back-off, 120 s timeout) turn an outage into minutes of
+# silence; a clad command retries a little and then reports (users can still override these variables).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+for _k, _v in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_k, _v)
+
+
+class TrackingUnavailable(CladError):
+    """The MLflow tracking store cannot be reached or written."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,68 @@ class Tracking:
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri} in a browser"
         return f"mlflow ui --backend-store-uri {self.uri} --port 5000   # then open http://127.0.0.1:5000"
+
+
+def check_tracking(tracking: Tracking, timeout_s: float = 5.0, no_tracking_hint: str = "") -> None:
+    """Reach the store once, with no retries and a short timeout, before any work starts (no global MLflow
+    state is changed). Raises TrackingUnavailable naming the URI and the fix."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout_s)))
+    try:
+        MlflowClient(tracking.uri).get_experiment_by_name(tracking.experiment)
+    except Exception as err:  # MlflowException, requests errors, sqlalchemy errors: all mean "cannot track"
+        text = str(err).strip()
+        reason = ("connection refused" if "Connection refused" in text else
+                  "timed out" if "timed out" in text.lower() else text.splitlines()[0][:300] if text else "")
+        if tracking.uri.startswith(("http://", "https://")):
+            fix = (f"start the server (e.g. `mlflow server --host 0.0.0.0 --port 5000`) or pass a reachable "
+                   f"--tracking-uri / $MLFLOW_TRACKING_URI; without either, runs go to a local SQLite store")
+        else:
+            fix = "check that the path exists and is writable, or pass another --tracking-uri"
+        raise TrackingUnavailable(f"MLflow tracking store {tracking.uri} cannot be used ({type(err).__name__}"
+                                  f"{': ' + reason if reason else ''}): {fix}{no_tracking_hint}. Nothing was started.") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class GuardedTracking:
+    """MLflow calls of a long run that must never fail the run: the first failure is logged once (with what
+    was lost) and later calls are skipped. A tracking outage is a tracking problem, not a training failure,
+    so it must never reach Ray Train's restart logic."""
+
+    def __init__(self, what: str = "training"):
+        self.what = what
+        self.enabled = True
+        self.error: str | None = None
+
+    def call(self, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            self.enabled = False
+            self.error = f"{type(err).__name__}: {str(err).strip()[:300]}"
+            log.warning("MLflow tracking failed (%s); %s continues without tracking (checkpoints and Ray Train's "
+                        "results are unaffected)", self.error, self.what)
+            return None
+
+
+def terminate_run(uri: str, run_id: str, status: str = "KILLED") -> bool:
+    """Mark a run that will not continue (e.g. after Ctrl-C) so that it does not stay RUNNING."""
+    try:
+        client = MlflowClient(uri)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
+        return True
+    except Exception as err:  # best effort: the user is already stopping
+        log.warning("could not mark MLflow run %s as %s: %s", run_id, status, err)
+        return False
 
 
 def resolve_tracking(output_root: str | Path, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> Tracking:

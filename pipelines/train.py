@@ -14,8 +14,10 @@ starts from a given checkpoint instead. A lost worker restarts the group from th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from pipelines.cli_args import add_cluster_args, add_overrides
 log = logging.getLogger(__name__)
 
 WINDOW_MAX_BATCH = 64
+RUN_DIR_TAG = "clad.final_dir"
 
 
 def _window_spec(cfg: TrainConfig, split: str):
@@ -84,7 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch
 
     from clad.training.session import Throughput, TrainingSession, model_stats
-    from pipelines.tracking import Tracking, start_run
+    from pipelines.tracking import GuardedTracking, Tracking, start_run
 
     cfg = TrainConfig.model_validate(loop_config["train"])
     ctx = ray.train.get_context()
@@ -115,6 +118,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.info("rank %d resumed from %s at step %d", rank, loop_config["resume_from"], session.step)
 
     tracking = Tracking(**loop_config["tracking"]) if loop_config.get("tracking") else None
+    guard = GuardedTracking()  # a tracking outage never fails (and so never restarts) the workers
     run_ctx = None
     if rank == 0 and tracking is not None:  # only rank 0 logs
         run_ctx = start_run(tracking, cfg.name, parent_run_id=cfg.parent_run_id, run_id=session.mlflow_run_id,
@@ -122,8 +126,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                             tags={"clad.stage": cfg.stage, "clad.dataset_hash": loop_config.get("dataset_hash", ""),
                                   **({"clad.resumed_from": str(loop_config["resume_from"])}
                                      if loop_config.get("resume_from") and not restored else {})})
-        run = run_ctx.__enter__()
-        session.mlflow_run_id = run.info.run_id
+        run = guard.call(run_ctx.__enter__)
+        if run is None:
+            run_ctx = None
+        else:
+            session.mlflow_run_id = run.info.run_id
+            # lets the driver find (and mark KILLED) this run if the user stops the command
+            guard.call(mlflow.set_tag, RUN_DIR_TAG, loop_config["final_dir"])
 
     train_batches = _epochs(ray.train.get_dataset_shard("train"), cfg.per_worker_batch, cfg.loader.shuffle_buffer)
     val_shard = ray.train.get_dataset_shard("val") if (rank == 0 and "val" in loop_config["splits"]) else None
@@ -154,7 +163,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                              _eta(time.perf_counter() - started, step - first_step, last_step - step),
                              "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
                     if run_ctx is not None:
-                        mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+                        guard.call(mlflow.log_metrics, {f"train/{k}": v for k, v in metrics.items()}, step=step)
             report: dict[str, float] = {}
             checkpoint_now = step % cfg.checkpoint_every == 0 or step == last_step
             validate_now = step % cfg.validate_every == 0 or step == last_step
@@ -163,7 +172,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     val_cache.extend(_take(val_shard.iter_torch_batches(batch_size=cfg.per_worker_batch), cfg.val_batches))
                 report.update(session.validate(val_cache))
                 if run_ctx is not None:
-                    mlflow.log_metrics(report, step=step)
+                    guard.call(mlflow.log_metrics, report, step=step)
             if checkpoint_now or validate_now:
                 # every rank reports at the same steps (report is collective); rank 0 attaches the checkpoint
                 report.update({f"train/{k}": v for k, v in metrics.items()})
@@ -178,11 +187,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             final = Path(loop_config["final_dir"])
             session.export_model(final)
             if run_ctx is not None:
-                mlflow.log_artifacts(str(final), artifact_path="model")
-                mlflow.set_tag("clad.checkpoint", str(final))
+                guard.call(mlflow.log_artifacts, str(final), artifact_path="model")
+                guard.call(mlflow.set_tag, "clad.checkpoint", str(final))
+    except BaseException as err:  # the run ends FAILED (a restored attempt re-opens it as RUNNING)
+        if run_ctx is not None:
+            guard.call(run_ctx.__exit__, type(err), err, err.__traceback__)
+            run_ctx = None
+        raise
     finally:
         if run_ctx is not None:
-            run_ctx.__exit__(None, None, None)
+            guard.call(run_ctx.__exit__, None, None, None)
 
 
 def _eta(elapsed_s: float, done: int, remaining: int) -> str:
@@ -243,23 +257,79 @@ def check_resume_dir(path: str | Path) -> Path:
     return directory
 
 
+def check_stage1_checkpoint(cfg: TrainConfig, manifest: dict):
+    """stage1_checkpoint must be a complete stage-1 checkpoint of this model config, trained on this dataset."""
+    from clad.errors import CheckpointError
+    from clad.model.checkpoint import config_differences, inspect_checkpoint
+    from clad.training.session import _model_dir
+
+    info = inspect_checkpoint(_model_dir(cfg.stage1_checkpoint), expect_stage="stage1", flag="stage1_checkpoint")
+    diffs = config_differences(info.config, cfg.model, "stage1")
+    if diffs:
+        raise CheckpointError(f"stage1_checkpoint {info.directory} was trained with another model config:\n  "
+                              + "\n  ".join(diffs) + "\nset these fields as in the checkpoint, or train stage 1 again")
+    here = str(manifest.get("fingerprint") or "")
+    if info.dataset_fingerprint is None:
+        log.info("stage1_checkpoint %s predates dataset fingerprints in checkpoints: its dataset is not checked",
+                 info.directory)
+    elif here and info.dataset_fingerprint != here:
+        raise CheckpointError(f"stage1_checkpoint {info.directory} was trained on dataset {info.dataset_fingerprint[:12]}"
+                              f", but dataset_dir {cfg.dataset_dir} is {here[:12]}: its normaliser and latent dynamics "
+                              "belong to the other data. Point dataset_dir at the dataset stage 1 used, or train stage 1 "
+                              "on this one")
+    return info
+
+
+def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> dict:
+    """Everything a run reads, checked on the driver before any worker starts, so that a deterministic mistake
+    fails once with its reason instead of inside every worker of every `max_failures` attempt.
+    Returns the dataset manifest."""
+    from clad.data.manifest import read_manifest
+    from clad.training.session import model_stats
+    from pipelines.locking import check_folder_arg
+
+    manifest = read_manifest(cfg.dataset_dir)
+    model_stats(cfg.dataset_dir, cfg.model.proprio_keys)
+    views = manifest.get("views")
+    missing = [c for c in cfg.model.vision.cameras if views is not None and c not in views]
+    if missing:
+        raise ConfigError(f"field 'model.vision.cameras': {missing} not in {cfg.dataset_dir} (views {views}); "
+                          "use the dataset's views or preprocess with these views")
+    _window_spec(cfg, "train")
+    if cfg.stage == "stage2" and cfg.model.has_dynamics:
+        check_stage1_checkpoint(cfg, manifest)
+    if resume_from is not None:
+        check_resume_dir(resume_from)
+    check_folder_arg(cfg.output_dir, "output_dir")
+    return manifest
+
+
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
                  storage_path: str | None = None, run_name: str | None = None):
-    """Launch one stage on the current Ray cluster and return its `ray.train.Result`."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    """Launch one stage on the current Ray cluster and return its `ray.train.Result`.
 
-    from clad.config import save_config
-    from clad.data.manifest import read_manifest
+    A deterministic failure inside a worker (a CladError) is not retried and is raised as itself."""
+    from pipelines.locking import lock_folder
 
+    manifest = check_training_inputs(cfg, resume_from)
     if resume_from is not None:
         resume_from = str(check_resume_dir(resume_from))  # absolute: Ray workers run in another directory
+    with lock_folder(cfg.run_dir, f"clad train {cfg.stage}", flag="output_dir/run_name"):
+        return _fit(cfg, manifest, tracking=tracking, resume_from=resume_from, callbacks=callbacks,
+                    storage_path=storage_path, run_name=run_name)
+
+
+def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, storage_path, run_name):
+    import ray.train
+    from ray.train import TrainingFailedError
+
+    from clad.config import save_config
+    from pipelines.failure_policy import CladTorchTrainer, training_error
+
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "train_config.json")
     pool = worker_pool(cfg)  # before building datasets: a bad request fails at once
     datasets = build_datasets(cfg)
-    manifest = read_manifest(cfg.dataset_dir)
     loop_config = {
         "train": cfg.to_dict(),
         "splits": sorted(datasets),
@@ -269,7 +339,7 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
         "dataset_hash": str(manifest.get("fingerprint", "")),
         "threads_per_worker": max(1, int(pool.cpus_per_actor + 0.5)),
     }
-    trainer = TorchTrainer(
+    trainer = CladTorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -283,7 +353,16 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        found = training_error(err)
+        if found is err:
+            raise
+        raise found from None
+    if result.error is not None and training_error(result.error) is not result.error:
+        raise training_error(result.error) from None
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -301,20 +380,76 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    from pipelines.ray_runtime import init_ray
-    from pipelines.tracking import resolve_tracking
+def load_cli_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of `clad train`. A saved train_config.json fed back as --config keeps its settings but
+    not its run identity: its parent_run_id belongs to the store and pipeline it came from, and its run_name
+    would silently resume (or collide with) that run. Pass -o run_name=... / -o parent_run_id=... to keep them."""
+    from clad.config import read_yaml
 
     cfg = load_train_config(args.config, [f"stage={args.stage}", *args.overrides])
-    if args.resume_from:
-        check_resume_dir(args.resume_from)  # before starting Ray
+    if not args.config:
+        return cfg
+    path = Path(args.config)
+    data = read_yaml(path) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    given = {o.split("=", 1)[0].strip() for o in args.overrides}
+    dropped = {k: data[k] for k in ("parent_run_id", "run_name")
+               if data.get(k) and k not in given and (k == "parent_run_id" or "parent_run_id" in data)}
+    if dropped:
+        log.warning("%s is a saved run config: not reusing its %s (pass -o KEY=VALUE to keep one)", path,
+                    ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
+        cfg = cfg.replace(**{k: None for k in dropped})
+    return cfg
+
+
+def _mark_killed(tracking, final_dir: Path) -> None:
+    """Ctrl-C: the workers are gone, so their MLflow run would stay RUNNING; mark it KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import terminate_run
+
+    try:
+        client = MlflowClient(tracking.uri)
+        exp = client.get_experiment_by_name(tracking.experiment)
+        runs = [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{final_dir}' and attributes.status = 'RUNNING'")
+    except Exception as err:  # best effort: the user is stopping
+        log.warning("could not look up the MLflow run to mark it KILLED: %s", err)
+        return
+    for run in runs:
+        terminate_run(tracking.uri, run.info.run_id, "KILLED")
+
+
+def main(args: argparse.Namespace) -> int:
+    import ray
+
+    from pipelines.ray_runtime import init_ray
+    from pipelines.tracking import check_tracking, resolve_tracking
+
+    cfg = load_cli_config(args)
+    check_training_inputs(cfg, args.resume_from)  # before starting Ray
     from pipelines import logs
 
     log_file = logs.attach_log_file(cfg.run_dir)
-    init_ray(address=args.address)
     tracking = resolve_tracking(Path(cfg.output_dir), uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)
-    result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
+    check_tracking(tracking)
+    if cfg.parent_run_id:
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(tracking.uri).get_run(cfg.parent_run_id)
+        except Exception:
+            raise ConfigError(f"parent_run_id {cfg.parent_run_id} is not a run in {tracking.uri}: drop it "
+                              "(-o parent_run_id=null) or use the store it belongs to") from None
+    init_ray(address=args.address)
+    try:
+        result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
+    except KeyboardInterrupt:
+        ray.shutdown()  # stops the workers (and a local cluster) at once
+        _mark_killed(tracking, cfg.run_dir / "final")
+        print(f"\ninterrupted: checkpoints so far are in {cfg.run_dir}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     if result.error:
         raise result.error
     final = cfg.run_dir / "final"

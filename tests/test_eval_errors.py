@@ -12,7 +12,7 @@ def test_missing_checkpoint_is_reported_before_the_pool_starts(tmp_path):
 
     cfg = EvalConfig(suite="libero_object", tasks=("0",), episodes_per_task=1,
                      policy=PolicySpec(kind="clad", checkpoint=str(tmp_path / "nope")))
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match="--checkpoint .*nope does not exist"):
         run_evaluation(cfg, tmp_path / "out", use_mlflow=False, progress=False)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")

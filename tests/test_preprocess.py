@@ -212,7 +212,7 @@ def test_bad_inputs_rejected_and_reported(ray_session, tmp_path):
     kept = {e["episode_id"] for s in ("train", "val") for e in iter_episodes(tmp_path / "out", s, columns=["length"])}
     assert kept == {"GOOD_task_demo.hdf5#demo_0", "GOOD_task_demo.hdf5#demo_1", "GOOD_task_demo.hdf5#demo_2",
                     "BAD_task_demo.hdf5#demo_4"}
-    assert "rejected demos: 5" in result.summary()
+    assert "rejected: 5 demo(s), 1 whole file(s)" in result.summary()
     del good, small
 
 

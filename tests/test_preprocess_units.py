@@ -34,7 +34,8 @@ def _scan(path, rel=None):
      "obs/gripper_states has 1 NaN/Inf value(s), first at step 6"),
     (lambda p: replace_images(p, "demo_1", channels=4), V.IMAGE_FORMAT, "(T, H, W, 3) uint8"),
     (lambda p: replace_images(p, "demo_1", dtype=np.float32), V.IMAGE_FORMAT, "float32"),
-    (lambda p: replace_images(p, "demo_1", shape_hw=(16, 16)), V.IMAGE_SIZE, "other view"),
+    # the view that was changed is named with its size, not only the one that is right
+    (lambda p: replace_images(p, "demo_1", shape_hw=(16, 16)), V.IMAGE_SIZE, "obs/agentview_rgb is 16x16"),
 ])
 def test_bad_demo_is_rejected_with_reason(tmp_path, corrupt, kind, words):
     path = write_demo_file(tmp_path, "TASK_bad", lengths=(6, 7, 8))

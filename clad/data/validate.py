@@ -82,17 +82,18 @@ def check_demo_header(demo: h5py.Group, image_keys: tuple[str, ...],
             raise DemoRejected(BAD_SHAPE, f"obs/{key} has shape {ds.shape} dtype {ds.dtype}; "
                                           f"expected (T, {width}) float")
         lengths[f"obs/{key}"] = ds.shape[0]
-    hw: tuple[int, int] | None = None
+    sizes: dict[str, tuple[int, int]] = {}
     for key in image_keys:
         ds = _dataset(demo, f"obs/{key}")
         if ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
             raise DemoRejected(IMAGE_FORMAT, f"obs/{key} has shape {ds.shape} dtype {ds.dtype}; "
                                              "expected (T, H, W, 3) uint8")
-        if hw is not None and tuple(ds.shape[1:3]) != hw:
-            raise DemoRejected(IMAGE_SIZE, f"obs/{key} is {ds.shape[1]}x{ds.shape[2]} "
-                                           f"but the other view is {hw[0]}x{hw[1]}")
-        hw = (int(ds.shape[1]), int(ds.shape[2]))
+        sizes[f"obs/{key}"] = (int(ds.shape[1]), int(ds.shape[2]))
         lengths[f"obs/{key}"] = ds.shape[0]
+    if len(set(sizes.values())) > 1:  # name every view: from one demo alone we cannot tell which is wrong
+        detail = ", ".join(f"{k} is {h}x{w}" for k, (h, w) in sizes.items())
+        raise DemoRejected(IMAGE_SIZE, f"its views differ in size ({detail}); every view of a demo must have one size")
+    hw = next(iter(sizes.values()), None)
     if len(set(lengths.values())) != 1:
         detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
         raise DemoRejected(LENGTH_MISMATCH, f"datasets have different lengths: {detail}")

@@ -1,6 +1,6 @@
 """Checkpoints without pickle: a directory per stage holding
 
-    model.safetensors   weights + normaliser buffers (metadata: stage, format)
+    model.safetensors   weights + normaliser buffers (metadata: stage, format and the identity below)
     config.json         the resolved ModelConfig
     stats.json          the normalisation statistics (also inside the weights, kept readable here)
 
@@ -10,13 +10,19 @@ A frozen pretrained backbone is never copied in: it is reloaded from `vision.che
     save_checkpoint(model, "runs/x/stage1", "stage1")
     model = load_checkpoint("runs/x/stage2")                       # config from the directory
     load_checkpoint("runs/x/stage1", model=model)                  # into a model being trained in stage 2
+    info = inspect_checkpoint("runs/x/stage2", expect_stage="stage2")  # header only: what a command checks first
+
+Identity (safetensors metadata, all strings): `variant` (policy.foresight), `proprio_dim`, `lang_dim`, and,
+when the trainer passes them, `dataset_fingerprint` and `instructions` (JSON list, row = task index).
+Checkpoints written before these fields existed carry only stage and format; checks skip what is absent.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -44,7 +50,19 @@ def _stage_keys(model: CladModel, stage: str) -> list[str]:
     return keys
 
 
-def save_checkpoint(model: CladModel, directory: str | Path, stage: Stage) -> Path:
+def dataset_identity(dataset_dir: str | Path) -> dict[str, str]:
+    """The identity fields a checkpoint trained on `dataset_dir` records: fingerprint and instruction table."""
+    manifest_path = Path(dataset_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        return {}
+    manifest = json.loads(manifest_path.read_text())
+    tasks = (manifest.get("language") or {}).get("tasks") or manifest.get("tasks") or []
+    instructions = [t.get("instruction", "") if isinstance(t, dict) else str(t) for t in tasks]
+    return {"dataset_fingerprint": str(manifest.get("fingerprint", "")), "instructions": json.dumps(instructions)}
+
+
+def save_checkpoint(model: CladModel, directory: str | Path, stage: Stage,
+                    identity: Mapping[str, str] | None = None) -> Path:
     if stage not in ("stage1", "stage2"):
         raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
     if stage == "stage1" and model.dynamics is None:
@@ -53,7 +71,10 @@ def save_checkpoint(model: CladModel, directory: str | Path, stage: Stage) -> Pa
     directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     tensors = {k: state[k].detach().contiguous().cpu() for k in _stage_keys(model, stage)}
-    save_file(tensors, str(directory / WEIGHTS), metadata={"stage": stage, "format": FORMAT})
+    cfg = model.cfg
+    meta = {**(identity or {}), "stage": stage, "format": FORMAT, "variant": cfg.policy.foresight,
+            "proprio_dim": str(cfg.proprio_dim), "lang_dim": str(cfg.lang_dim)}
+    save_file(tensors, str(directory / WEIGHTS), metadata=meta)
     save_config(model.cfg, directory / CONFIG)
     (directory / STATS).write_text(json.dumps(model.normalizer.stats(), indent=2) + "\n")
     return directory
@@ -90,6 +111,65 @@ def read_checkpoint_config(directory: str | Path) -> ModelConfig:
         return config_from_dict(ModelConfig, json.loads(path.read_text()), str(path))
     except (json.JSONDecodeError, ConfigError) as err:
         raise CheckpointError(f"{path} does not hold a valid ModelConfig: {err}") from None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is, read from its header and config.json without loading any tensor."""
+
+    directory: Path
+    stage: str
+    config: ModelConfig
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        return self.metadata.get("dataset_fingerprint") or None
+
+    @property
+    def instructions(self) -> list[str] | None:
+        raw = self.metadata.get("instructions")
+        return json.loads(raw) if raw else None
+
+
+STAGE_HINT = {"stage1": "`clad train stage1` (latent dynamics, no trained policy)",
+              "stage2": "`clad train stage2` (the policy)"}
+
+
+def inspect_checkpoint(directory: str | Path, expect_stage: str | None = None, flag: str = "checkpoint") -> CheckpointInfo:
+    """Check a checkpoint directory from its header alone: config.json valid, model.safetensors complete (the
+    header must cover the whole file, so a truncated copy fails here) and written by clad, its stage the one
+    the command needs. Raises CheckpointError naming `flag`, the file and the fix."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointError(f"{flag} {directory} does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"{flag} {directory} is a file: pass the checkpoint folder (holding {WEIGHTS})")
+    if not (directory / CONFIG).is_file() and (directory / "final" / WEIGHTS).is_file():
+        raise CheckpointError(f"{flag} {directory} is a training run folder: pass its model, {directory / 'final'}")
+    cfg = read_checkpoint_config(directory)
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing: {flag} must be a final/ or checkpoint_* folder written by "
+                              "`clad train`")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a complete safetensors file ({err}); it was probably truncated "
+                              "while copying: copy it again or re-export the checkpoint") from None
+    stage = meta.get("stage")
+    if meta.get("format") != FORMAT or stage not in ("stage1", "stage2"):
+        raise CheckpointError(f"{weights} was not written by clad.model.checkpoint (metadata {meta})")
+    if expect_stage is not None and stage != expect_stage:
+        raise CheckpointError(f"{flag} {directory} is a {stage} checkpoint, written by {STAGE_HINT[stage]}; this "
+                              f"command needs a {expect_stage} checkpoint: pass the final/ folder of "
+                              f"{STAGE_HINT[expect_stage].split(' (')[0]}")
+    for key, want in (("proprio_dim", cfg.proprio_dim), ("lang_dim", cfg.lang_dim), ("variant", cfg.policy.foresight)):
+        if key in meta and meta[key] != str(want):
+            raise CheckpointError(f"{weights} records {key}={meta[key]} but {directory / CONFIG} says {want}: "
+                                  "the two files come from different checkpoints")
+    return CheckpointInfo(directory, stage, cfg, meta)
 
 
 def load_checkpoint(

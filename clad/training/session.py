@@ -24,7 +24,7 @@ from torch import nn
 
 from clad.config import save_config
 from clad.errors import CheckpointError, DataError
-from clad.model.checkpoint import load_checkpoint, load_stage1_vision, save_checkpoint
+from clad.model.checkpoint import dataset_identity, load_checkpoint, load_stage1_vision, save_checkpoint
 from clad.model.model import CladModel
 from clad.model.task_table import TASK_TABLE, write_task_table
 from clad.training.config import TrainConfig
@@ -161,13 +161,15 @@ class TrainingSession:
     # ------------------------------------------------------------------------------------------------------
 
     def export_model(self, directory: str | Path) -> Path:
-        """The model directory users evaluate (stage 2: EMA weights), with the dataset's instruction table
-        (the strings training conditioned on; evaluation conditions on the same, clad/model/task_table.py)."""
+        """The model directory users evaluate (stage 2: EMA weights), recording the dataset it was trained on and
+        its instruction table (the strings training conditioned on; evaluation conditions on the same,
+        clad/model/task_table.py)."""
+        identity = dataset_identity(self.cfg.dataset_dir)
         if self.policy_ema is not None:
             with self.policy_ema.swapped_in():
-                out = save_checkpoint(self.model, directory, self.cfg.stage)
+                out = save_checkpoint(self.model, directory, self.cfg.stage, identity)
         else:
-            out = save_checkpoint(self.model, directory, self.cfg.stage)
+            out = save_checkpoint(self.model, directory, self.cfg.stage, identity)
         if (Path(self.cfg.dataset_dir) / TASK_TABLE).is_file():
             write_task_table(out, self.cfg.dataset_dir)
         return out
