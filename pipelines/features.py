@@ -131,7 +131,8 @@ def extract_features(dataset_dir: str | Path, spec, out: str | Path | None = Non
         spec_dict = spec.to_dict()
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             _read_unit, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS, fn_kwargs={"image_keys": image_keys})
-        ds = ds.map_batches(EncodeAndWrite, batch_size=1, batch_format="pyarrow", concurrency=n,
+        ds = ds.map_batches(EncodeAndWrite, batch_size=1, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=n),
                             num_cpus=0 if use_gpu else max(0.1, min(1.0, (cpus - READ_CPUS) / n)),
                             num_gpus=1 if use_gpu else 0,
                             fn_constructor_kwargs={"spec": spec_dict, "root": str(root), "image_keys": image_keys})
