@@ -316,6 +316,12 @@ def test_decisionnce_converter_reads_upstream_keys_without_unpickling_code(tmp_p
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(net(x), upstream.model.visual(x))
+    # the converted folder is a frozen encoder for `clad features` (its identity hashes every buffer too)
+    from clad.model.frozen_encoder import EncoderSpec, FrozenEncoder
+
+    enc = FrozenEncoder.build(EncoderSpec(source="pretrained", backbone="decisionnce_rn50", checkpoint=str(out)))
+    assert enc.identity["input_size"] == 64 and enc.identity["feature_dim"] == 24
+    assert enc.identity["centre_crop"] == 1.0 and enc(torch.zeros(2, 1, 3, 32, 32, dtype=torch.uint8)).shape == (2, 1, 24)
     # a pickle that would run code on load is refused, not executed
     evil = tmp_path / "evil.pth"
     torch.save({"model": upstream.state_dict(), "hook": _CLIPBasedEncoder}, evil)
