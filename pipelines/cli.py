@@ -18,6 +18,7 @@ from pipelines import logs
 COMMAND_MODULES = [
     "pipelines.demos",
     "pipelines.preprocess",
+    "pipelines.features",
     "pipelines.train",
     "pipelines.tune",
     "pipelines.evaluate",

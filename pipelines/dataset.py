@@ -28,25 +28,32 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from clad.data.episode_table import decode_episodes
+from clad.data.episode_table import decode_episodes, feature_column
 from clad.data.store import iter_dataset_windows as iter_windows  # noqa: F401  (plain-Python iterator)
 from clad.data.store import DECODE_COLUMNS, load_language, split_dir  # noqa: F401
 from clad.data.windows import WindowSpec, iter_window_batches
 from clad.errors import DataError
 
+UNIT_COLUMN = "fs_unit"
 WINDOW_CPUS = 0.5  # fractional: whole-CPU map tasks starve Train workers on small machines (ray-stack.md §3-4)
 
 
-def _read_row_groups(batch: dict[str, np.ndarray], columns: list[str] | None) -> pa.Table:
+def _read_row_groups(batch: dict[str, np.ndarray], columns: list[str] | None, units: bool = False) -> pa.Table:
     import pyarrow.parquet as pq
 
-    tables = [pq.ParquetFile(str(f)).read_row_group(int(g), columns=columns)
-              for f, g in zip(batch["file"], batch["row_group"])]
+    from clad.data.feature_set import unit_name
+
+    tables = []
+    for f, g in zip(batch["file"], batch["row_group"]):
+        t = pq.ParquetFile(str(f)).read_row_group(int(g), columns=columns)
+        if units:  # the episode's feature-set shard name (clad/data/feature_set.py)
+            t = t.append_column(UNIT_COLUMN, pa.array([unit_name(f, g)] * t.num_rows))
+        tables.append(t)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def load_split(dataset_dir: str | Path, split: str, columns: Sequence[str] | None = None,
-               shuffle_files: bool = False, num_cpus: float = WINDOW_CPUS):
+               shuffle_files: bool = False, num_cpus: float = WINDOW_CPUS, units: bool = False):
     """The episode rows of one split as a lazy ray.data.Dataset (one block per row group = per episode).
 
     Reads go through `from_items` + a fractional-CPU map instead of `read_parquet`: Ray Data's file-listing
@@ -65,18 +72,29 @@ def load_split(dataset_dir: str | Path, split: str, columns: Sequence[str] | Non
         np.random.default_rng().shuffle(units)
     cols = None if columns is None else sorted(set(columns) | DECODE_COLUMNS)  # decoding needs the shape columns
     return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
-        _read_row_groups, batch_size=1, batch_format="numpy", num_cpus=num_cpus, fn_kwargs={"columns": cols})
+        _read_row_groups, batch_size=1, batch_format="numpy", num_cpus=num_cpus, fn_kwargs={"columns": cols, "units": units})
 
 
-def _windows_udf(batch: pa.Table, spec: dict, lang: np.ndarray, max_batch: int) -> Iterator[dict[str, np.ndarray]]:
+def _windows_udf(batch: pa.Table, spec: dict, lang: np.ndarray, max_batch: int,
+                 features: tuple[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
     window_spec = WindowSpec(**spec)
-    for ep in decode_episodes(batch):
+    units = batch.column(UNIT_COLUMN).to_pylist() if features else None
+    if features:
+        batch = batch.drop_columns([UNIT_COLUMN])
+    for i, ep in enumerate(decode_episodes(batch)):
+        if features:  # cached features of a feature set (`clad features`) stand in for feat_* columns
+            from clad.data.feature_set import load_shard
+
+            root, split = features
+            keys = window_spec.image_keys
+            got = load_shard(root, split, units[i], ep["episode_id"], int(ep["length"]), keys)
+            ep.update({feature_column(k): got[k] for k in keys})
         yield from iter_window_batches(ep, window_spec, lang[ep["task_index"]], max_batch=max_batch)
 
 
 def window_dataset(ds, spec: WindowSpec, lang_table: np.ndarray, *, episode_shuffle: bool = False,
                    global_shuffle: bool = False, seed: int | None = None, max_batch: int = 64,
-                   num_cpus: float = WINDOW_CPUS):
+                   num_cpus: float = WINDOW_CPUS, features: tuple[str, str] | None = None):
     """Episode-row Dataset -> Dataset of window samples (columns = clad/data/batch.py keys).
 
     `lang_table` is (num_tasks, E) from `load_language(dataset_dir)`. `seed` fixes the shuffles (None:
@@ -88,15 +106,22 @@ def window_dataset(ds, spec: WindowSpec, lang_table: np.ndarray, *, episode_shuf
                  "proprio_keys": list(spec.proprio_keys), "use_features": spec.use_features, "stride": spec.stride}
     out = ds.map_batches(_windows_udf, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus,
                          fn_kwargs={"spec": spec_dict, "lang": np.asarray(lang_table, np.float32),
-                                    "max_batch": max_batch})
+                                    "max_batch": max_batch, "features": features})
     if global_shuffle:
         out = out.random_shuffle(seed=seed)
     return out
 
 
-def dataset_windows(dataset_dir: str | Path, split: str, spec: WindowSpec, **kwargs):
-    """load_split + window_dataset in one call (episode_shuffle also shuffles the Parquet file order)."""
-    ds = load_split(dataset_dir, split, shuffle_files=bool(kwargs.get("episode_shuffle")))
+def dataset_windows(dataset_dir: str | Path, split: str, spec: WindowSpec, feature_root: str | None = None,
+                    **kwargs):
+    """load_split + window_dataset in one call (episode_shuffle also shuffles the Parquet file order).
+    With `feature_root` (a feature set), windows carry its cached features and no images are read."""
+    columns = None
+    if feature_root is not None:
+        columns = [*spec.proprio_keys, "actions"]
+        kwargs["features"] = (str(feature_root), split)
+    ds = load_split(dataset_dir, split, columns=columns, shuffle_files=bool(kwargs.get("episode_shuffle")),
+                    units=feature_root is not None)
     return window_dataset(ds, spec, load_language(dataset_dir), **kwargs)
 
 

@@ -66,6 +66,9 @@ class PipelineConfig(FrozenConfig):
     stage2: dict[str, Any] = {}
     # EvalConfig fields; `policy` is filled in with the stage-2 model
     eval: dict[str, Any] = {}
+    # [ours] stage 2 reads the frozen stage-1 encoder's cached fp16 features (`clad features`, extracted once
+    # before stage 2) instead of encoding images every step; no image augmentation then (docs/feature-cache.md)
+    cache_features: bool = False
 
     @pydantic.model_validator(mode="after")
     def _check_steps(self):
@@ -196,6 +199,8 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
         stage_dirs: dict[str, Path] = {}
         for i, stage in enumerate(cfg.stages, start=3):
             scfg = cfg.stage_config(stage, dataset, runs, stage_dirs.get("stage1"), parent_run_id=parent)
+            if stage == "stage2" and cfg.cache_features:
+                scfg = _with_feature_cache(scfg, dataset, summary)
             stage_dirs[stage] = scfg.run_dir
             if _stage_done(scfg):
                 log.info("step %d/5: %s already trained in %s (skipped)", i, stage, scfg.run_dir)
@@ -221,6 +226,22 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         mlflow.log_artifact(str(out / "summary.json"))
     return summary
+
+
+def _with_feature_cache(scfg: TrainConfig, dataset: Path, summary: dict) -> TrainConfig:
+    """Extract (or reuse) the frozen encoder's feature set and point stage 2 at it (its own stage folder)."""
+    from clad.training.data_source import feature_training_error, model_encoder_spec
+    from pipelines.features import extract_features
+
+    why = feature_training_error(scfg)
+    spec = model_encoder_spec(scfg)
+    if why or spec is None:
+        raise ConfigError(f"cache_features: {why or 'the frozen backbone has no weights (vision.checkpoint_dir)'}")
+    log.info("step 4/5: caching the frozen encoder's features of %s", dataset)
+    res = extract_features(dataset, spec)
+    summary["steps"]["features"] = res
+    cfg = scfg.replace(loader=scfg.loader.replace(feature_set=res["root"]))
+    return cfg.replace(run_name=f"stage2-{config_hash(cfg)}")
 
 
 def _floats(metrics: dict | None) -> dict[str, float]:

@@ -40,30 +40,62 @@ def _window_spec(cfg: TrainConfig, split: str):
 
     m = cfg.model
     stored_features = bool(read_manifest(cfg.dataset_dir).get("feature_backbone"))
-    if not m.vision.trainable and not stored_features and m.vision.checkpoint_dir is None:
+    cached = cfg.loader.feature_set is not None  # a feature set of `clad features`
+    if not m.vision.trainable and not stored_features and m.vision.checkpoint_dir is None and not cached:
         raise ConfigError(f"model.vision.backbone={m.vision.backbone} is frozen but has no weights "
-                          f"(model.vision.checkpoint_dir) and {cfg.dataset_dir} stores no features: set one of them")
+                          f"(model.vision.checkpoint_dir) and {cfg.dataset_dir} stores no features: set one of them "
+                          "(or loader.feature_set)")
     return WindowSpec(
         tau=m.dynamics.tau,
         chunk=m.policy.chunk_length,
         views=tuple(m.vision.cameras),
         proprio_keys=tuple(m.proprio_keys),
-        use_features=not m.vision.trainable and stored_features,
+        use_features=cached or (not m.vision.trainable and stored_features),
         stride=cfg.loader.window_stride if split == "train" else cfg.loader.val_window_stride,
     )
 
 
-def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
-    """Lazy Ray Datasets of window samples for the train and validation splits."""
+def build_datasets(cfg: TrainConfig, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Lazy Ray Datasets of window samples for the splits that stream (default: train and validation)."""
     from pipelines.dataset import dataset_windows
 
-    datasets = {"train": dataset_windows(cfg.dataset_dir, "train", _window_spec(cfg, "train"), episode_shuffle=True,
-                                         max_batch=WINDOW_MAX_BATCH)}
-    try:
-        datasets["val"] = dataset_windows(cfg.dataset_dir, "val", _window_spec(cfg, "val"), max_batch=WINDOW_MAX_BATCH)
-    except Exception as err:  # a dataset without validation episodes still trains
-        log.warning("no validation split (%s): validation is skipped", err)
+    sources = sources or {"train": "stream", "val": "stream"}
+    feats = cfg.loader.feature_set
+    datasets = {}
+    if sources.get("train") == "stream":
+        datasets["train"] = dataset_windows(cfg.dataset_dir, "train", _window_spec(cfg, "train"), feature_root=feats,
+                                            episode_shuffle=True, max_batch=WINDOW_MAX_BATCH)
+    if sources.get("val") == "stream":
+        try:
+            datasets["val"] = dataset_windows(cfg.dataset_dir, "val", _window_spec(cfg, "val"), feature_root=feats,
+                                              max_batch=WINDOW_MAX_BATCH)
+        except Exception as err:  # a dataset without validation episodes still trains
+            log.warning("no validation split (%s): validation is skipped", err)
     return datasets
+
+
+def data_sources(cfg: TrainConfig) -> dict[str, str]:
+    """Driver side: check the feature set (if any), then 'memory' or 'stream' per split (val only if it exists)."""
+    from clad.data.store import split_files
+    from clad.training.data_source import check_feature_set, resolve_source
+
+    meta = check_feature_set(cfg)
+    dim = int(meta["feature_dim"]) if meta else None
+    sources = {"train": resolve_source(cfg, "train", _window_spec(cfg, "train"), dim)}
+    if split_files(cfg.dataset_dir, "val"):
+        sources["val"] = resolve_source(cfg, "val", _window_spec(cfg, "val"), dim)
+    else:
+        log.warning("%s has no validation episodes: validation is skipped", cfg.dataset_dir)
+    return sources
+
+
+def _memory_windows(cfg: TrainConfig, split: str):
+    from clad.data.memory_windows import InMemoryWindows
+
+    wins = InMemoryWindows.load(cfg.dataset_dir, split, _window_spec(cfg, split), cfg.loader.feature_set)
+    log.info("%s windows of '%s' in memory: %d windows, %.1f MB", "feature" if wins.features else "image",
+             split, len(wins), wins.nbytes / 1e6)
+    return wins
 
 
 def _epochs(shard, batch_size: int, shuffle_buffer: int):
@@ -134,8 +166,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # lets the driver find (and mark KILLED) this run if the user stops the command
             guard.call(mlflow.set_tag, RUN_DIR_TAG, loop_config["final_dir"])
 
-    train_batches = _epochs(ray.train.get_dataset_shard("train"), cfg.per_worker_batch, cfg.loader.shuffle_buffer)
-    val_shard = ray.train.get_dataset_shard("val") if (rank == 0 and "val" in loop_config["splits"]) else None
+    sources = loop_config.get("sources") or {"train": "stream", "val": "stream"}
+    if sources["train"] == "memory":  # read once; windows gathered by index, reshuffled every epoch
+        train_batches = _memory_windows(cfg, "train").batches(cfg.per_worker_batch, seed=cfg.seed,
+                                                               shard=(rank, world))
+    else:
+        train_batches = _epochs(ray.train.get_dataset_shard("train"), cfg.per_worker_batch, cfg.loader.shuffle_buffer)
+    val_shard = None
+    if rank == 0 and "val" in loop_config["splits"]:
+        val_shard = (_MemoryShard(_memory_windows(cfg, "val")) if sources.get("val") == "memory"
+                     else ray.train.get_dataset_shard("val"))
     val_cache: list = []  # the same held-out windows at every validation, so the curves are comparable
     last_step = min(cfg.steps, cfg.stop_at_step or cfg.steps)
     meter = Throughput()
@@ -204,6 +244,16 @@ def _eta(elapsed_s: float, done: int, remaining: int) -> str:
     seconds = int(elapsed_s / done * remaining) if done > 0 else 0
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
+
+
+class _MemoryShard:
+    """In-memory validation windows with the one method the loop calls on a Ray dataset shard (fixed order)."""
+
+    def __init__(self, wins):
+        self.wins = wins
+
+    def iter_torch_batches(self, batch_size: int):
+        return self.wins.batches(batch_size, shuffle=False, drop_last=False, epochs=1)
 
 
 def _take(iterable, n: int):
@@ -329,10 +379,12 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
     run_dir = cfg.run_dir
     save_config(cfg, run_dir / "train_config.json")
     pool = worker_pool(cfg)  # before building datasets: a bad request fails at once
-    datasets = build_datasets(cfg)
+    sources = data_sources(cfg)  # a mismatched feature set fails here, before any worker starts
+    datasets = build_datasets(cfg, sources)
     loop_config = {
         "train": cfg.to_dict(),
-        "splits": sorted(datasets),
+        "splits": sorted(sources),
+        "sources": sources,
         "final_dir": str(run_dir / "final"),
         "resume_from": resume_from,
         "tracking": tracking.__dict__ if tracking is not None else None,
@@ -350,8 +402,8 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             callbacks=list(callbacks)),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=datasets or None,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     try:
         result = trainer.fit()

@@ -67,7 +67,9 @@ def window_batch(episode: Mapping[str, Any], spec: WindowSpec, lang_emb: np.ndar
         raise IndexError(f"steps outside an episode of {T} steps")
     frame_idx = {"prev": np.maximum(t - spec.tau, 0), "curr": t, "next": np.minimum(t + spec.tau, T - 1)}
     out: dict[str, np.ndarray] = {}
-    missing = [k for k in spec.image_keys + spec.proprio_keys + ("actions",) if k not in episode]
+    # with features, an episode read without its image columns (a feature set) gives windows without rgb_*
+    images = not spec.use_features or all(k in episode for k in spec.image_keys)
+    missing = [k for k in (spec.image_keys if images else ()) + spec.proprio_keys + ("actions",) if k not in episode]
     if spec.use_features:
         missing += [feature_column(k) for k in spec.image_keys if feature_column(k) not in episode]
     if missing:
@@ -77,8 +79,9 @@ def window_batch(episode: Mapping[str, Any], spec: WindowSpec, lang_emb: np.ndar
     for name in ("prev", "curr", "next"):
         idx = frame_idx[name]
         # (N, V, H, W, 3) -> (N, V, 3, H, W): the batch contract is channels-first
-        rgb = np.stack([episode[k][idx] for k in spec.image_keys], axis=1)
-        out[f"rgb_{name}"] = np.ascontiguousarray(rgb.transpose(0, 1, 4, 2, 3))
+        if images:
+            rgb = np.stack([episode[k][idx] for k in spec.image_keys], axis=1)
+            out[f"rgb_{name}"] = np.ascontiguousarray(rgb.transpose(0, 1, 4, 2, 3))
         out[f"proprio_{name}"] = proprio[idx]
         if spec.use_features:
             out[f"feat_{name}"] = np.stack([np.asarray(episode[feature_column(k)], np.float32)[idx]

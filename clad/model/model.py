@@ -134,6 +134,12 @@ class CladModel(nn.Module):
         if self.target_vision is not None:
             ema_update(self.target_vision, self.vision, self.cfg.dynamics.ema_decay)
 
+    @property
+    def vision_frozen(self) -> bool:
+        """The backbone gets no gradient (a frozen pretrained one, or the stage-1 CNN in stage 2), so cached
+        features of it (clad features) may stand in for the images."""
+        return self.vision is None or not any(p.requires_grad for p in self.vision.parameters())
+
     def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
         dev = self.device
         return {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -150,7 +156,7 @@ class CladModel(nn.Module):
         (B, V, 2) from `crop_offsets` when given (so that several networks see the same crop).
         """
         keys = [f"feat_{f}" for f in frames]
-        if not self.cfg.vision.trainable and all(k in batch for k in keys):
+        if all(k in batch for k in keys) and (not self.cfg.vision.trainable or self.vision_frozen):
             return [batch[k].flatten(1).float() for k in keys]
         if self.vision is None:
             raise ConfigError(

@@ -35,6 +35,14 @@ class DataLoaderConfig(FrozenConfig):
     val_window_stride: int = pydantic.Field(4, ge=1)
     # windows mixed across episodes before batching (per worker); 0 disables the local shuffle
     shuffle_buffer: int = pydantic.Field(2048, ge=0)
+    # [ours] where windows come from. "memory": each worker reads its share of the episodes once and gathers
+    # windows by index (no per-epoch re-read/decode, no shuffle-buffer refill); "stream": Ray Data streams
+    # them (datasets larger than memory); "auto": memory when a worker's share fits memory_budget_gb.
+    source: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_gb: float = pydantic.Field(4.0, ge=0.0)
+    # a feature set written by `clad features` (the frozen encoder's fp16 features): windows carry feat_*
+    # instead of images. Stage 2 (frozen stage-1 CNN or frozen backbone) and stage 1 with a frozen backbone.
+    feature_set: str | None = None
 
 
 class TrainConfig(FrozenConfig):
