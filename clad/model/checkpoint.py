@@ -87,7 +87,11 @@ def read_checkpoint_config(directory: str | Path) -> ModelConfig:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: {Path(directory)} is not a clad model checkpoint")
     try:
-        return config_from_dict(ModelConfig, json.loads(path.read_text()), str(path))
+        doc = json.loads(path.read_text())
+        # checkpoints that predate the field were trained on LIBERO's HDF5 frames
+        if isinstance(doc, dict) and doc.get("image_orientation") is None:
+            doc["image_orientation"] = "opengl"
+        return config_from_dict(ModelConfig, doc, str(path))
     except (json.JSONDecodeError, ConfigError) as err:
         raise CheckpointError(f"{path} does not hold a valid ModelConfig: {err}") from None
 
