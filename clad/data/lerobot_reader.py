@@ -434,7 +434,7 @@ def scan_data_file(layout: Layout, rel: str, episodes: list[dict], tasks: dict[i
             for key, x in episode_lowdim(rows, layout.lowdim_keys).items():
                 V.check_finite(key, x)
                 moments[key] = Moments.from_array(x)
-            hw = _episode_image_hw(layout, table.take(sel), ep, ts, videos)
+            hw = _episode_image_hw(layout, table.take(sel[:1]), ep, ts, videos)  # first frame: size and codec
             target = scan_for(task_index)
             target.demos.append(DemoScan(demo=name, length=T, image_hw=hw, moments=moments))
         except V.DemoRejected as err:
@@ -502,6 +502,32 @@ def _episode_meta(root: str) -> dict[int, dict]:
     return {int(r["episode_index"]): r for r in _episode_rows(Path(root))}
 
 
+def _episode_rows_of_file(layout: Layout, ep: dict, path: Path):
+    """The rows of one episode, reading only the row groups that hold them: episodes are contiguous in a data
+    file, so the file's first `dataset_from_index` gives the row offset (lerobot writes them in order).
+    Falls back to a filter on episode_index when the rows found are not the episode's."""
+    import pyarrow.parquet as pq
+
+    e = int(ep["episode_index"])
+    same_file = [x for x in layout.episodes if layout.data_file(x) == layout.data_file(ep)]
+    start = int(ep["dataset_from_index"]) - min(int(x["dataset_from_index"]) for x in same_file)
+    stop = start + int(ep["length"])
+    pf = pq.ParquetFile(path)
+    groups, first, offset = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if groups:
+        rows = pf.read_row_groups(groups).slice(start - first, stop - start)
+        col = rows.column("episode_index").to_numpy()
+        if rows.num_rows == stop - start and (col == e).all():
+            return rows
+    return pq.read_table(path, filters=[("episode_index", "=", e)])
+
+
 def episode_index_of(demo: str) -> int:
     return int(demo.rsplit("_", 1)[1])
 
@@ -516,7 +542,7 @@ def read_episode(layout: Layout, episode_index: int, image_keys: tuple[str, ...]
     ep = _episode_meta(layout.root)[int(episode_index)]
     rel = layout.data_file(ep)
     try:
-        rows = pq.read_table(root / rel, filters=[("episode_index", "=", int(episode_index))])
+        rows = _episode_rows_of_file(layout, ep, root / rel)
         out: dict[str, np.ndarray] = {k: v.astype(np.float32)
                                       for k, v in episode_lowdim(rows, lowdim_keys).items()}
         ts = rows.column("timestamp").to_numpy().astype(np.float64)
