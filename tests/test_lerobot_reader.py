@@ -278,13 +278,11 @@ def test_training_takes_the_dataset_orientation_and_refuses_a_contradicting_one(
         resolve_model_orientation("opengl", {"image_orientation": "upright"}, "ds")
 
 
-def test_old_checkpoint_configs_read_as_opengl(tmp_path):
-    from clad.config import save_config
-    from clad.model.checkpoint import read_checkpoint_config
+def test_an_unset_orientation_is_opengl_when_checkpoints_are_compared():
+    from clad.model.checkpoint import config_differences
     from clad.model.config import ModelConfig
 
-    save_config(ModelConfig(), tmp_path / "config.json")
-    doc = json.loads((tmp_path / "config.json").read_text())
-    doc.pop("image_orientation", None)
-    (tmp_path / "config.json").write_text(json.dumps(doc))
-    assert read_checkpoint_config(tmp_path).image_orientation == "opengl"
+    unset, gl, up = (ModelConfig(image_orientation=o) for o in (None, "opengl", "upright"))
+    assert config_differences(unset, gl, "stage2") == [] and config_differences(gl, unset, "stage2") == []
+    assert config_differences(unset, up, "stage2") == [
+        "field 'image_orientation': checkpoint has 'opengl', config requests 'upright'"]

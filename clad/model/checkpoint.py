@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from clad.config import config_from_dict, save_config
+from clad.data.conventions import OPENGL
 from clad.errors import CheckpointError, ConfigError
 from clad.model.config import RUNTIME_FIELDS, ModelConfig
 from clad.model.model import CladModel
@@ -73,6 +74,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: ModelConfig, requested: ModelConfig, stage: str) -> list[str]:
     """Dotted fields whose values differ, ignoring run-time fields (and the policy for a stage-1 checkpoint)."""
     a, b = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    for d in (a, b):  # unset = HDF5 (opengl) frames: checkpoints from before the field, models built directly
+        d["image_orientation"] = d.get("image_orientation") or OPENGL
     diffs = []
     for k in sorted(set(a) | set(b)):
         if k in RUNTIME_FIELDS or (stage == "stage1" and k.startswith("policy.")):
@@ -87,11 +90,7 @@ def read_checkpoint_config(directory: str | Path) -> ModelConfig:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: {Path(directory)} is not a clad model checkpoint")
     try:
-        doc = json.loads(path.read_text())
-        # checkpoints that predate the field were trained on LIBERO's HDF5 frames
-        if isinstance(doc, dict) and doc.get("image_orientation") is None:
-            doc["image_orientation"] = "opengl"
-        return config_from_dict(ModelConfig, doc, str(path))
+        return config_from_dict(ModelConfig, json.loads(path.read_text()), str(path))
     except (json.JSONDecodeError, ConfigError) as err:
         raise CheckpointError(f"{path} does not hold a valid ModelConfig: {err}") from None
 
