@@ -13,6 +13,7 @@ import pytest
 
 from clad.data import validate as V
 from clad.data import lerobot_reader as R
+from clad.data.preprocess_config import PreprocessConfig
 from clad.errors import ConfigError, DataError
 from tests.lerobot_fixtures import edit_info, fixture_dir, writable_copy
 
@@ -181,25 +182,45 @@ def test_a_column_with_another_width_rejects_its_episodes(tmp_path):
 
 
 def test_a_video_shorter_than_the_metadata_rejects_the_uncovered_episode(tmp_path):
-    import av
-
     root = writable_copy("libero_v3_video", tmp_path / "ds")
     key = "observation.images.wrist_image"
-    src = root / f"videos/{key}/chunk-000/file-000.mp4"
-    cut = tmp_path / "cut.mp4"
-    with av.open(str(src)) as inp, av.open(str(cut), "w") as out:  # stream copy: episode 0 and a part of 1
-        s = inp.streams.video[0]
-        o = out.add_stream_from_template(s)
-        for i, packet in enumerate(p for p in inp.demux(s) if p.dts is not None):
-            if i >= 176:
-                break
-            packet.stream = o
-            out.mux(packet)
-    cut.replace(src)
+    _cut_video(root, key, 176, tmp_path)  # episode 0 (126 frames) and part of episode 1
     _, accepted, rejected = _scan(root)
     assert accepted == ["episode_000000"]
     r = rejected["episode_000001"]
     assert r.kind == R.VIDEO and key in r.reason and "shorter than the metadata" in r.reason
+
+
+def _cut_video(root: Path, key: str, packets: int, tmp: Path) -> None:
+    """Keep the first `packets` packets of a fixture video (stream copy): a video shorter than its metadata."""
+    import av
+
+    src = root / f"videos/{key}/chunk-000/file-000.mp4"
+    cut = tmp / "cut.mp4"
+    with av.open(str(src)) as inp, av.open(str(cut), "w") as out:
+        s = inp.streams.video[0]
+        o = out.add_stream_from_template(s)
+        for i, packet in enumerate(p for p in inp.demux(s) if p.dts is not None):
+            if i >= packets:
+                break
+            packet.stream = o
+            out.mux(packet)
+    cut.replace(src)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_preprocess_writes_the_good_episode_and_lists_the_bad_one_in_rejections_json(ray_session, tmp_path):
+    from pipelines.preprocess import run_preprocess
+
+    root = writable_copy("libero_v3_video", tmp_path / "ds")
+    _cut_video(root, "observation.images.wrist_image", 176, tmp_path)
+    res = run_preprocess(root, tmp_path / "out", PreprocessConfig(val_fraction=0.0))
+    assert res.manifest["counts"]["episodes"]["train"] == 1
+    assert res.manifest["counts"]["rejections_by_kind"] == {R.VIDEO: 1}
+    (rej,) = json.loads((tmp_path / "out" / "rejections.json").read_text())["rejections"]
+    assert rej["file"] == DATA and rej["demo"] == "episode_000001" and rej["kind"] == R.VIDEO
+    assert "observation.images.wrist_image/chunk-000/file-000.mp4" in rej["reason"]
 
 
 def test_a_video_that_does_not_decode_is_named(tmp_path):
