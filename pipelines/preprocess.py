@@ -39,6 +39,7 @@ from clad.config import load_config
 from clad.data import outputs
 from clad.data.episode_table import SCHEMA_VERSION
 from clad.data.hdf5_reader import find_demo_files, scan_file
+from clad.data.lerobot_reader import is_lerobot_dataset
 from clad.data.manifest import (EPISODES_DIR, SPLITS, describe_files, existing_fingerprint, fingerprint, path_digest,
                                 read_manifest)
 from clad.data.plan import Plan, build_plan, require_episodes
@@ -118,7 +119,7 @@ def _scan(files: list[Path], input_dir: Path, cfg: PreprocessConfig) -> list:
 
 
 def _write_split(refs: list[dict], split: str, out_dir: Path, cfg: PreprocessConfig, plan: Plan,
-                 readers: int | None, feature_actors: int | None) -> None:
+                 readers: int | None, feature_actors: int | None, source=None) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -132,9 +133,14 @@ def _write_split(refs: list[dict], split: str, out_dir: Path, cfg: PreprocessCon
     read_kwargs: dict[str, Any] = dict(num_cpus=READ_CPUS)
     if readers:
         read_kwargs["compute"] = ray.data.TaskPoolStrategy(size=min(readers, len(refs)))  # Ray warns if > inputs
-    ds = ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow",
-                        fn_kwargs=dict(image_keys=list(cfg.image_keys), lowdim_keys=list(cfg.lowdim_keys),
-                                       image_size=list(plan.image_size), resize=plan.resized), **read_kwargs)
+    read_fn, fn_kwargs = _read_batch, dict(image_keys=list(cfg.image_keys), lowdim_keys=list(cfg.lowdim_keys),
+                                           image_size=list(plan.image_size), resize=plan.resized)
+    if source is not None:  # another input format (pipelines/preprocess_lerobot.py)
+        from pipelines.preprocess_lerobot import read_batch
+
+        read_fn = read_batch
+        fn_kwargs.update(lowdim_keys=list(source.lowdim_keys), **source.read_kwargs())
+    ds = ds.map_batches(read_fn, batch_size=1, batch_format="pyarrow", fn_kwargs=fn_kwargs, **read_kwargs)
     if cfg.feature_backbone is not None:
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         pool = size_pool(feature_actors, share=FEATURE_POOL_SHARE)
@@ -193,9 +199,17 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     input_dir, out_dir = Path(input_dir).resolve(), check_folder_arg(out_dir).resolve()
     if out_dir == input_dir or input_dir in out_dir.parents:
         raise DataError(f"--out {out_dir} is inside --input {input_dir}: choose an output folder outside the demos")
-    files = find_demo_files(input_dir)
+    source = None
+    if is_lerobot_dataset(input_dir):  # format dispatch: a LeRobot dataset has meta/info.json
+        from pipelines.preprocess_lerobot import load_source
+
+        source = load_source(input_dir, cfg)
+        files = source.files
+    else:
+        files = find_demo_files(input_dir)
     if not files:
-        raise DataError(f"no *_demo.hdf5 files under {input_dir} (searched sub-folders too)")
+        raise DataError(f"no *_demo.hdf5 files under {input_dir} (searched sub-folders too), and no LeRobot "
+                        "dataset (meta/info.json) there")
     if cfg.feature_backbone is not None:  # fail on an unknown kind before any Ray work
         from clad.data.features import resolve_factory
 
@@ -219,15 +233,16 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
         init_ray(address=ray_address)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         timings["ray_init"] = time.perf_counter() - t
-        return _build(input_dir, out_dir, cfg, files, infos, fp, timings, t0, readers, feature_actors)
+        return _build(input_dir, out_dir, cfg, files, infos, fp, timings, t0, readers, feature_actors, source)
 
 
 def _build(input_dir: Path, out_dir: Path, cfg: PreprocessConfig, files: list[Path], infos, fp: str,
-           timings: dict[str, float], t0: float, readers: int | None, feature_actors: int | None) -> PreprocessResult:
+           timings: dict[str, float], t0: float, readers: int | None, feature_actors: int | None,
+           source=None) -> PreprocessResult:
     outputs.clear_outputs(out_dir)
 
     t = time.perf_counter()
-    scans = _scan(files, input_dir, cfg)
+    scans = source.scan(READ_CPUS) if source is not None else _scan(files, input_dir, cfg)
     timings["scan"] = time.perf_counter() - t
     plan = build_plan(input_dir, scans, cfg)
     for r in plan.rejections:
@@ -244,7 +259,7 @@ def _build(input_dir: Path, out_dir: Path, cfg: PreprocessConfig, files: list[Pa
         try:
             for split in SPLITS:
                 _write_split([e.to_item() for e in plan.split(split)], split, out_dir, cfg, plan, readers,
-                             feature_actors)
+                             feature_actors, source)
         except Exception as err:  # surface a DataError raised inside a Ray task as itself, without Ray's wrapping
             data_err = _find_data_error(err)
             if data_err is None:
@@ -258,7 +273,8 @@ def _build(input_dir: Path, out_dir: Path, cfg: PreprocessConfig, files: list[Pa
     timings["total"] = time.perf_counter() - t0
     manifest = outputs.write_metadata(out_dir, input_dir=input_dir, cfg=cfg, plan=plan, files=infos, fp=fp,
                                       language_info=language_info, feature_dim=_feature_dim(out_dir, cfg),
-                                      shards=outputs.shard_listing(out_dir), timings=timings)
+                                      shards=outputs.shard_listing(out_dir), timings=timings,
+                                      **(source.manifest_extra() if source is not None else {}))
     return PreprocessResult(out_dir, False, manifest, time.perf_counter() - t0)
 
 
@@ -289,7 +305,8 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("preprocess", help="LIBERO demo files -> Parquet episode dataset (Ray Data)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="folder with *_demo.hdf5 files (sub-folders are searched)")
+    p.add_argument("--input", required=True, help="folder with *_demo.hdf5 files (sub-folders are searched), "
+                                                  "or a LeRobot v3.0 dataset (meta/info.json, data/, videos/)")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--config", help="YAML/JSON PreprocessConfig (fields: views, image_size, val_fraction, "
                                     "split_seed, feature_backbone{kind,checkpoint_dir,options,batch_size}, "

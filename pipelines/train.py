@@ -354,6 +354,20 @@ def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> d
     return manifest
 
 
+def with_dataset_conventions(cfg: TrainConfig) -> TrainConfig:
+    """The config with the dataset's recorded conventions filled in (model.image_orientation), so the
+    checkpoint carries what evaluation must reproduce."""
+    from clad.data.conventions import resolve_model_orientation
+    from clad.data.manifest import read_manifest
+
+    orientation = resolve_model_orientation(cfg.model.image_orientation, read_manifest(cfg.dataset_dir),
+                                            cfg.dataset_dir)
+    if orientation == cfg.model.image_orientation:
+        return cfg
+    model = cfg.model.model_copy(update={"image_orientation": orientation})
+    return cfg.model_copy(update={"model": model})
+
+
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
                  storage_path: str | None = None, run_name: str | None = None):
     """Launch one stage on the current Ray cluster and return its `ray.train.Result`.
@@ -364,6 +378,7 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     manifest = check_training_inputs(cfg, resume_from)
     if resume_from is not None:
         resume_from = str(check_resume_dir(resume_from))  # absolute: Ray workers run in another directory
+    cfg = with_dataset_conventions(cfg)
     with lock_folder(cfg.run_dir, f"clad train {cfg.stage}", flag="output_dir/run_name"):
         return _fit(cfg, manifest, tracking=tracking, resume_from=resume_from, callbacks=callbacks,
                     storage_path=storage_path, run_name=run_name)

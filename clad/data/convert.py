@@ -4,7 +4,7 @@ benchmark loop run the exact same code."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,11 +24,13 @@ def seq_widths(lowdim_keys: Sequence[str], image_keys: Sequence[str] = (),
 
 
 def read_episodes_table(refs: Sequence[Mapping[str, Any]], image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...],
-                        image_size: tuple[int, int], resize: bool) -> pa.Table:
-    """EpisodeRef items (dicts) -> episode rows (schema in episode_table.py), reading each demo in full."""
+                        image_size: tuple[int, int], resize: bool, read: Callable[..., dict] | None = None) -> pa.Table:
+    """EpisodeRef items (dicts) -> episode rows (schema in episode_table.py), reading each demo in full with
+    `read(ref, image_keys, lowdim_keys, image_size_or_None)` (default: the LIBERO HDF5 reader)."""
+    read = read or _read_hdf5
     episodes = []
     for ref in refs:
-        arrays = read_episode(ref["path"], ref["demo"], image_keys, lowdim_keys, image_size if resize else None)
+        arrays = read(ref, image_keys, lowdim_keys, image_size if resize else None)
         episodes.append({
             "episode_id": ref["episode_id"], "episode_index": int(ref["episode_index"]),
             "task_index": int(ref["task_index"]), "task_name": ref["task_name"], "source_file": ref["source_file"],
@@ -36,6 +38,10 @@ def read_episodes_table(refs: Sequence[Mapping[str, Any]], image_keys: tuple[str
             "image_height": int(image_size[0]), "image_width": int(image_size[1]), **arrays,
         })
     return encode_episodes(episodes, image_keys, seq_widths(lowdim_keys))
+
+
+def _read_hdf5(ref: Mapping[str, Any], image_keys, lowdim_keys, image_size) -> dict:
+    return read_episode(ref["path"], ref["demo"], image_keys, lowdim_keys, image_size)
 
 
 def add_feature_columns(table: pa.Table, backbone: FeatureBackbone, image_keys: Sequence[str],

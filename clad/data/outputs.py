@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from clad import __version__
 from clad.config import save_config
 from clad.data import language
+from clad.data.conventions import OPENGL
 from clad.data.episode_table import SCHEMA_VERSION, feature_column
 from clad.data.libero_layout import LOWDIM_KEYS
 from clad.data.manifest import (EPISODES_DIR, LANGUAGE, MANIFEST, REJECTIONS, SPLITS, STATS, TASKS, FileInfo,
@@ -57,13 +58,18 @@ def write_language(out_dir: Path, plan: Plan) -> dict:
 
 def write_metadata(out_dir: Path, *, input_dir: Path, cfg: PreprocessConfig, plan: Plan, files: Sequence[FileInfo],
                    fp: str, language_info: dict, feature_dim: int | None, shards: dict[str, list[str]],
-                   timings: dict[str, float]) -> dict:
-    """stats.json, rejections.json, config.json and finally manifest.json. Returns the manifest."""
+                   timings: dict[str, float], lowdim_keys: Sequence[str] | None = None,
+                   image_orientation: str = OPENGL, extra: dict[str, Any] | None = None) -> dict:
+    """stats.json, rejections.json, config.json and finally manifest.json. Returns the manifest.
+
+    `lowdim_keys` are the low-dim columns written (default: all of the config's), `image_orientation` the
+    frames' orientation (clad/data/conventions.py), `extra` format-specific sections (e.g. "lerobot")."""
     write_json(out_dir / STATS, plan.stats)
     write_rejections(out_dir, plan)
     save_config(cfg, out_dir / "config.json")
     image_keys = cfg.image_keys
-    columns = {"image": list(image_keys), "actions": 7, "lowdim": {k: LOWDIM_KEYS[k] for k in cfg.lowdim_keys}}
+    lowdim = cfg.lowdim_keys if lowdim_keys is None else tuple(lowdim_keys)
+    columns = {"image": list(image_keys), "actions": 7, "lowdim": {k: LOWDIM_KEYS[k] for k in lowdim}}
     if feature_dim:
         columns["features"] = {feature_column(k): feature_dim for k in image_keys}
     manifest: dict[str, Any] = {
@@ -77,6 +83,7 @@ def write_metadata(out_dir: Path, *, input_dir: Path, cfg: PreprocessConfig, pla
         "image_size": list(plan.image_size),
         "resized": plan.resized,
         "views": list(cfg.views),
+        "image_orientation": image_orientation,
         "image_keys": list(image_keys),
         "columns": columns,
         "feature_backbone": (None if cfg.feature_backbone is None
@@ -88,6 +95,7 @@ def write_metadata(out_dir: Path, *, input_dir: Path, cfg: PreprocessConfig, pla
         "rejections_file": REJECTIONS,
         "config": cfg.to_dict(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        **(extra or {}),
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest

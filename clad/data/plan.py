@@ -154,9 +154,15 @@ def build_plan(input_dir: str | Path, scans: Sequence[FileScan], cfg: Preprocess
                 for i, (s, d) in enumerate(kept)]
     train_moments: list[dict[str, Moments]] = [d.moments for s, d in kept if splits[(s.file, d.demo)] == "train"]
     stats = stats_document(merge_keyed(train_moments), "train", len(train_moments))
-    per_file = {}
-    for s in scans:
+    per_file: dict[str, dict] = {}
+    for s in scans:  # a LeRobot data file holding several tasks has one scan per task: sum them
         n_acc = sum(1 for x, _ in kept if x is s)
+        if s.file in per_file:
+            doc = per_file[s.file]
+            doc["task_name"] = doc["task_name"] or s.task_name
+            doc["demos_found"] += s.demos_found
+            doc["accepted"] += n_acc
+            continue
         per_file[s.file] = {"task_name": s.task_name, "demos_found": s.demos_found, "accepted": n_acc,
                             "rejected": sum(1 for r in rejections if r.file == s.file and r.demo is not None),
                             "file_rejected": any(r.file == s.file and r.demo is None for r in rejections)}

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from clad.data.conventions import SIMULATOR_ORIENTATION, reorient
 from clad.data.libero_layout import CAMERA_TO_OBS_KEY, LOWDIM_KEYS
 from clad.errors import CheckpointError
 from clad.eval.policy import EpisodeContext
@@ -33,8 +34,12 @@ __all__ = ["AgentInputAdapter", "CladAgentPolicy"]
 class AgentInputAdapter:
     """Turns B observation dicts (env layout) into the agent's batched inputs."""
 
-    def __init__(self, cameras: Sequence[str], proprio_keys: Sequence[str], lang_dim: int | None = None):
+    def __init__(self, cameras: Sequence[str], proprio_keys: Sequence[str], lang_dim: int | None = None,
+                 image_orientation: str | None = None):
         self.cameras = tuple(cameras)
+        # the orientation the model was trained on (its checkpoint's config); the env gives SIMULATOR_ORIENTATION
+        self.image_orientation = image_orientation or SIMULATOR_ORIENTATION
+        reorient(np.zeros((1, 1, 3)), SIMULATOR_ORIENTATION, self.image_orientation)  # unknown names fail here
         self.proprio_keys = tuple(proprio_keys)
         bad = [k for k in self.proprio_keys if k not in LOWDIM_KEYS]
         if bad:
@@ -51,7 +56,9 @@ class AgentInputAdapter:
         return all(k in o for k in self.image_keys)
 
     def images_and_proprio(self, obs: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray | None, np.ndarray]:
-        """B dicts -> rgb (B, V, 3, H, W) uint8 as stored (OpenGL-flipped, like the demos), proprio (B, D_p).
+        """B dicts -> rgb (B, V, 3, H, W) uint8 in the model's image orientation (the env's frames are
+        OpenGL-flipped like LIBERO's demo files; a model trained on upright LeRobot frames gets them rotated),
+        proprio (B, D_p).
 
         rgb is None when the policy reads cameras but none of the dicts carries them (a step the env did
         not render, see `CladAgent.frames_needed`).
@@ -59,11 +66,14 @@ class AgentInputAdapter:
         if self.image_keys and not any(self.has_images(o) for o in obs):
             rgb = None
         else:
-            rgb = np.stack([np.stack([np.asarray(o[k], dtype=np.uint8).transpose(2, 0, 1) for k in self.image_keys])
+            rgb = np.stack([np.stack([self._frame(o[k]).transpose(2, 0, 1) for k in self.image_keys])
                             for o in obs]) if self.image_keys else np.zeros((len(obs), 0, 3, 0, 0), np.uint8)
         proprio = np.stack([np.concatenate([np.asarray(o[k], dtype=np.float32).reshape(-1)
                                             for k in self.proprio_keys]) for o in obs])
         return rgb, proprio.astype(np.float32)
+
+    def _frame(self, img: np.ndarray) -> np.ndarray:
+        return reorient(np.asarray(img, dtype=np.uint8), SIMULATOR_ORIENTATION, self.image_orientation)
 
     def language(self, instructions: Sequence[str]) -> np.ndarray:
         """(B,) instructions -> (B, E) float32 embeddings (the encoder training used; cached per string)."""
@@ -126,7 +136,8 @@ class CladAgentPolicy:
         else:
             agent = loader(checkpoint, device=device)
         cfg = agent.config
-        adapter = AgentInputAdapter(cameras=cfg.vision.cameras, proprio_keys=cfg.proprio_keys, lang_dim=cfg.lang_dim)
+        adapter = AgentInputAdapter(cameras=cfg.vision.cameras, proprio_keys=cfg.proprio_keys, lang_dim=cfg.lang_dim,
+                                    image_orientation=cfg.image_orientation)
         return cls(agent, adapter, InstructionChooser(read_task_table(checkpoint), str(checkpoint)))
 
     def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> list[str]:

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from clad.config import config_from_dict, save_config
+from clad.data.conventions import OPENGL
 from clad.errors import CheckpointError, ConfigError
 from clad.model.config import RUNTIME_FIELDS, ModelConfig
 from clad.model.model import CladModel
@@ -94,6 +95,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: ModelConfig, requested: ModelConfig, stage: str) -> list[str]:
     """Dotted fields whose values differ, ignoring run-time fields (and the policy for a stage-1 checkpoint)."""
     a, b = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    for d in (a, b):  # unset = HDF5 (opengl) frames: checkpoints from before the field, models built directly
+        d["image_orientation"] = d.get("image_orientation") or OPENGL
     diffs = []
     for k in sorted(set(a) | set(b)):
         if k in RUNTIME_FIELDS or (stage == "stage1" and k.startswith("policy.")):

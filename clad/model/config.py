@@ -8,7 +8,7 @@ Named presets (`paper`, `cpu`, `tiny`) live in clad/model/sizes.py (`model_prese
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import pydantic
 
@@ -184,6 +184,10 @@ class ModelConfig(FrozenConfig):
     proprio_keys: tuple[str, ...] = ("joint_states", "gripper_states")
     # [ours] proprio normalisation: min-max to [-1, 1] (LBP lineage) or per-dim z-score.
     proprio_norm: Literal["minmax", "gaussian"] = "minmax"
+    # Orientation of the frames the model reads (clad/data/conventions.py): null = the training dataset's,
+    # resolved when training starts and saved with the checkpoint; evaluation turns the simulator's frames
+    # to it. Checkpoints from before this field were trained on LIBERO's HDF5 (opengl) frames.
+    image_orientation: Optional[Literal["opengl", "upright"]] = None
     action_dim: int = ACTION_DIM  # LIBERO OSC_POSE delta + gripper
     lang_dim: int = pydantic.Field(384, ge=1)  # all-MiniLM-L6-v2 instruction embedding
     # [ours] mixed precision on CUDA only; a no-op on CPU.
