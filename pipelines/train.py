@@ -235,8 +235,11 @@ def check_resume_dir(path: str | Path) -> Path:
 
 
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
-                 storage_path: str | None = None, run_name: str | None = None):
-    """Launch one stage on the current Ray cluster and return its `ray.train.Result`."""
+                 storage_path: str | None = None, run_name: str | None = None, on_eval_result=None):
+    """Launch one stage on the current Ray cluster and return its `ray.train.Result`.
+
+    With `cfg.eval_every`, checkpoints are rolled out while training runs and this returns once every
+    evaluation is done; `on_eval_result(record)` is called (on the driver) after each one."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -260,6 +263,13 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
         "dataset_hash": str(manifest.get("fingerprint", "")),
         "threads_per_worker": max(1, int(pool.cpus_per_actor + 0.5)),
     }
+    evaluator = None
+    if cfg.eval_every:  # closed-loop evaluation during training (pipelines/eval_during_training.py)
+        from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
+
+        preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor)
+        evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or run_dir.parent) / (run_name or cfg.name),
+                                        tracking=tracking, on_result=on_eval_result).start()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -274,7 +284,10 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if evaluator is not None:  # wait for the rollouts still running (an interrupt leaves them resumable)
+        evaluator.finish()
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -309,5 +322,10 @@ def main(args: argparse.Namespace) -> int:
     done = "done" if (final / "model.safetensors").is_file() else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
+    if cfg.eval_every:
+        from pipelines.eval_during_training import BEST_FILE
+
+        print(f"Closed loop: {cfg.run_dir / 'closed_loop'}; best checkpoints: {cfg.run_dir / BEST_FILE} "
+              f"(`clad eval --checkpoint {cfg.run_dir / 'best'}`)")
     print(f"MLflow: {tracking.ui_command()}")
     return 0
