@@ -178,8 +178,11 @@ class ClosedLoopEvaluator:
         (self.run_dir / FOLDER).mkdir(parents=True, exist_ok=True)
         # resume: copied checkpoints of an interrupted run without a result are evaluated first
         for d in sorted((self.run_dir / FOLDER).glob("step_*")):
-            if (d / "model" / MODEL_FILES[0]).is_file():
-                self._enqueue(int(d.name.split("_")[1]))
+            step = int(d.name.split("_")[1])
+            if (d / RESULT).is_file():
+                self._queued.add(step)
+            elif (d / "model" / MODEL_FILES[0]).is_file() and (d / "checkpoint.json").is_file():
+                self._enqueue(step)
         for r in read_results(self.run_dir):  # finished but perhaps not yet logged (killed in between)
             self._log_mlflow(r)
         self._watcher = threading.Thread(target=self._watch, name="closed-loop-watch", daemon=True)
