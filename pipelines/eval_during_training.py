@@ -171,6 +171,7 @@ class ClosedLoopEvaluator:
         self._watcher: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         self.errors: list[str] = []
+        self.timings: dict[str, float] = {}
         self.missed: list[str] = []   # checkpoints deleted by Ray before they could be copied
 
     # -- lifecycle
@@ -193,6 +194,7 @@ class ClosedLoopEvaluator:
 
     def finish(self, timeout: float | None = None) -> list[dict]:
         """Training is over: pick up its last checkpoints, wait for every pending evaluation, return all results."""
+        t0 = time.time()
         self._training_done.set()
         if self._watcher is not None:
             self._watcher.join(timeout)
@@ -200,6 +202,9 @@ class ClosedLoopEvaluator:
         if self._worker is not None:
             self._worker.join(timeout)
         self._update_best()
+        # how long `clad train` waited for rollouts after training ended (the part that did not overlap)
+        self.timings = {"training_end": t0, "wait_after_training_s": time.time() - t0}
+        (self.run_dir / FOLDER / "timings.json").write_text(json.dumps(self.timings) + "\n")
         return read_results(self.run_dir)
 
     def _enqueue(self, step: int) -> None:
