@@ -373,3 +373,21 @@ class ClosedLoopEvaluator:
                     client.set_tag(run_id, "clad.best_step", str(best[0]["step"]))
             except Exception as err:
                 log.warning("MLflow logging of the rank correlation failed (%s)", err)
+
+
+def print_closed_loop(run_dir: str | Path) -> None:
+    """The end-of-training summary: success per checkpoint, the best one, the rank correlations."""
+    run_dir = Path(run_dir)
+    for r in read_results(run_dir):
+        lo, hi = r["ci95"]
+        print(f"  step {r['step']:>7}: success {r['successes']}/{r['n']} = {100 * r['rate']:.1f} % "
+              f"[{100 * lo:.1f}, {100 * hi:.1f}]  val/loss {r['val'].get('val/loss', float('nan')):.4g}")
+    best = run_dir / BEST_FILE
+    if best.is_file():
+        top = json.loads(best.read_text())["best"][0]
+        print(f"Best checkpoint: step {top['step']} ({best}); `clad eval --checkpoint {run_dir / BEST_DIR}`")
+    ranks = run_dir / FOLDER / RANKS_FILE
+    if ranks.is_file():
+        rho = {k: v["rho"] for k, v in json.loads(ranks.read_text())["metrics"].items()}
+        print("Spearman rho (validation metric vs success; -1 = the metric ranks checkpoints as success does): "
+              + ", ".join(f"{k} {'n/a' if v is None else f'{v:+.2f}'}" for k, v in rho.items()))

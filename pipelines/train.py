@@ -323,9 +323,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
     if cfg.eval_every:
-        from pipelines.eval_during_training import BEST_FILE
+        from pipelines.eval_during_training import print_closed_loop
 
-        print(f"Closed loop: {cfg.run_dir / 'closed_loop'}; best checkpoints: {cfg.run_dir / BEST_FILE} "
-              f"(`clad eval --checkpoint {cfg.run_dir / 'best'}`)")
+        print_closed_loop(cfg.run_dir)
     print(f"MLflow: {tracking.ui_command()}")
     return 0

@@ -69,3 +69,41 @@ def test_eval_every_config_errors_name_the_field_and_fix():
         load_train_config(None, [*base[:-2], "checkpoint_every=200", "eval_every=200"])
     with pytest.raises(ConfigError, match="closed_loop.episodes_per_tsk"):
         load_train_config(None, [*base, "closed_loop.episodes_per_tsk=3"])
+
+
+def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
+    """The bookkeeping over finished evaluations (no Ray needed): best/ follows the leader, models of
+    checkpoints that fall out of the top-k are pruned, and the rank correlation covers every checkpoint."""
+    import json
+
+    from clad.training.config import load_train_config
+    from pipelines.eval_during_training import ClosedLoopEvaluator, print_closed_loop
+
+    cfg = load_train_config(None, ["dataset_dir=ds", f"output_dir={tmp_path}", "stage=stage2", "model_preset=tiny",
+                                   "model.policy.foresight=none", "checkpoint_every=1", "eval_every=1",
+                                   "closed_loop.suite=libero_object", "closed_loop.keep_best=2"])
+    ev = ClosedLoopEvaluator(cfg, tmp_path / "ray_run")
+
+    def finish(step, successes, loss):
+        d = cfg.run_dir / "closed_loop" / f"step_{step:07d}"
+        (d / "model").mkdir(parents=True)
+        for name in ("model.safetensors", "config.json", "stats.json"):
+            (d / "model" / name).write_text(f"{name} of step {step}")
+        (d / "result.json").write_text(json.dumps({**_rec(step, successes, n=4, loss=loss), "ci95": [0, 1],
+                                                   "model": str(d / "model")}))
+        ev._update_best()
+
+    finish(1, 1, 0.9)
+    assert (cfg.run_dir / "best" / "model.safetensors").read_text() == "model.safetensors of step 1"
+    finish(2, 3, 0.5)
+    finish(3, 2, 0.7)
+    best = json.loads((cfg.run_dir / "best_checkpoints.json").read_text())
+    assert [b["step"] for b in best["best"]] == [2, 3]
+    assert (cfg.run_dir / "best" / "model.safetensors").read_text() == "model.safetensors of step 2"
+    assert not (cfg.run_dir / "closed_loop" / "step_0000001" / "model").exists()  # fell out of the top 2
+    assert (cfg.run_dir / "closed_loop" / "step_0000001" / "result.json").is_file()
+    ranks = json.loads((cfg.run_dir / "closed_loop" / "rank_correlation.json").read_text())
+    assert ranks["metrics"]["val/loss"]["rho"] == pytest.approx(-1.0)
+    print_closed_loop(cfg.run_dir)
+    out = capsys.readouterr().out
+    assert "step       2: success 3/4 = 75.0 %" in out and "Best checkpoint: step 2" in out and "val/loss -1.00" in out
