@@ -369,10 +369,12 @@ def with_dataset_conventions(cfg: TrainConfig) -> TrainConfig:
 
 
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
-                 storage_path: str | None = None, run_name: str | None = None):
+                 storage_path: str | None = None, run_name: str | None = None, on_eval_result=None):
     """Launch one stage on the current Ray cluster and return its `ray.train.Result`.
 
-    A deterministic failure inside a worker (a CladError) is not retried and is raised as itself."""
+    A deterministic failure inside a worker (a CladError) is not retried and is raised as itself.
+    With `cfg.eval_every`, checkpoints are rolled out while training runs and this returns once every
+    evaluation is done; `on_eval_result(record)` is called (on the driver) after each one."""
     from pipelines.locking import lock_folder
 
     manifest = check_training_inputs(cfg, resume_from)
@@ -381,10 +383,11 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     cfg = with_dataset_conventions(cfg)
     with lock_folder(cfg.run_dir, f"clad train {cfg.stage}", flag="output_dir/run_name"):
         return _fit(cfg, manifest, tracking=tracking, resume_from=resume_from, callbacks=callbacks,
-                    storage_path=storage_path, run_name=run_name)
+                    storage_path=storage_path, run_name=run_name, on_eval_result=on_eval_result)
 
 
-def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, storage_path, run_name):
+def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, storage_path, run_name,
+         on_eval_result=None):
     import ray.train
     from ray.train import TrainingFailedError
 
@@ -406,6 +409,13 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         "dataset_hash": str(manifest.get("fingerprint", "")),
         "threads_per_worker": max(1, int(pool.cpus_per_actor + 0.5)),
     }
+    evaluator = None
+    if cfg.eval_every:  # closed-loop evaluation during training (pipelines/eval_during_training.py)
+        from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
+
+        preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor)
+        evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or run_dir.parent) / (run_name or cfg.name),
+                                        tracking=tracking, on_result=on_eval_result).start()
     trainer = CladTorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -429,6 +439,8 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         raise found from None
     if result.error is not None and training_error(result.error) is not result.error:
         raise training_error(result.error) from None
+    if evaluator is not None:  # wait for the rollouts still running (an interrupt leaves them resumable)
+        evaluator.finish()
     return result
 
 
@@ -523,6 +535,10 @@ def main(args: argparse.Namespace) -> int:
     done = "done" if (final / "model.safetensors").is_file() else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
+    if cfg.eval_every:
+        from pipelines.eval_during_training import print_closed_loop
+
+        print_closed_loop(cfg.run_dir)
     print(f"MLflow: {tracking.ui_command()}")
     print(f"Log: {log_file}")
     return 0

@@ -26,6 +26,7 @@ import yaml
 
 from clad.config import FrozenConfig, apply_overrides, config_from_dict, read_yaml
 from clad.errors import ConfigError
+from clad.training.closed_loop import ClosedLoopConfig
 from clad.training.config import TrainConfig, load_train_config, resolve_model_section
 from pipelines.cli_args import add_cluster_args, add_overrides
 
@@ -35,7 +36,11 @@ log = logging.getLogger(__name__)
 OBJECTIVES = {
     "recon_at_horizon": (("stage1",), "val/recon_at_horizon"),
     "stage2_action_error": (("stage1", "stage2"), "val/action_mse"),
+    # closed loop: a short stage 2 whose checkpoints are rolled out while it trains; one report per
+    # success round (every `eval_every` steps), so ASHA stops trials on success (docs/closed-loop.md)
+    "closed_loop_success": (("stage1", "stage2"), "closed_loop/success_rate"),
 }
+CLOSED_LOOP = "closed_loop_success"
 DRIVER_CPUS = 0.05  # a trial's driver only waits on its trainer
 
 
@@ -55,7 +60,7 @@ class TrialResources(FrozenConfig):
 
 class SweepSpace(FrozenConfig):
     name: str
-    objective: Literal["recon_at_horizon", "stage2_action_error"] = "recon_at_horizon"
+    objective: Literal["recon_at_horizon", "stage2_action_error", "closed_loop_success"] = "recon_at_horizon"
     mode: Literal["min", "max"] = "min"
     num_samples: int = pydantic.Field(8, ge=1)
     resources_per_trial: TrialResources = TrialResources()
@@ -63,6 +68,21 @@ class SweepSpace(FrozenConfig):
     # dotted TrainConfig field -> one sampler: {choice: [...]}, {uniform: [a, b]}, {loguniform: [a, b]},
     # {one_minus_loguniform: [a, b]} (samples x log-uniformly in [a, b] and uses 1 - x: EMA decays)
     space: dict[str, dict[str, Any]]
+    # closed_loop_success only: stage 2 of every trial runs `stage2_steps` steps (None = the base config's
+    # steps) and rolls out its checkpoint every `eval_every` steps with these settings
+    stage2_steps: int | None = pydantic.Field(None, ge=1)
+    eval_every: int = pydantic.Field(0, ge=0)
+    closed_loop: ClosedLoopConfig = ClosedLoopConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _closed_loop(self):
+        if self.objective == CLOSED_LOOP:
+            if not self.eval_every or not self.closed_loop.suite:
+                raise ValueError("objective closed_loop_success needs eval_every (steps between success rounds) "
+                                 "and closed_loop.suite (e.g. libero_object) in the space file")
+            if self.mode != "max":
+                raise ValueError("objective closed_loop_success is a success rate: set mode: max")
+        return self
 
     @pydantic.field_validator("space")
     @classmethod
@@ -108,7 +128,10 @@ def param_space(space: SweepSpace) -> dict[str, Any]:
 
 
 def trial_train_config(base: dict[str, Any], sampled: dict[str, Any], stage: str, trial_id: str, sweep_dir: Path,
-                       parent_run_id: str | None, resources: TrialResources) -> TrainConfig:
+                       parent_run_id: str | None, resources: TrialResources,
+                       closed_loop: dict[str, Any] | None = None) -> TrainConfig:
+    if stage == "stage2" and closed_loop:  # the closed-loop objective's short stage 2 with rollouts
+        base = {**base, **closed_loop}
     overrides = [f"{k}={v}" for k, v in sampled.items()] + [
         f"stage={stage}", f"run_name={trial_id}-{stage}", f"output_dir={sweep_dir / 'trials'}",
         f"num_workers={resources.num_workers}", f"cpus_per_worker={resources.cpus_per_worker}",
@@ -137,11 +160,48 @@ def trial_driver(config: dict[str, Any]) -> None:
     tracking = Tracking(**ctx["tracking"]) if ctx.get("tracking") else None
     for i, stage in enumerate(stages):
         cfg = trial_train_config(ctx["base"], sampled, stage, trial_id, Path(ctx["sweep_dir"]), ctx.get("parent_run_id"),
-                                 TrialResources.model_validate(ctx["resources"]))
+                                 TrialResources.model_validate(ctx["resources"]), ctx.get("closed_loop"))
         last = i == len(stages) - 1
+        if last and ctx["objective"] == CLOSED_LOOP:
+            _closed_loop_stage(cfg, tracking)
+            continue
         result = run_training(cfg, tracking=tracking, callbacks=[TuneReportCallback()] if last else [])
         if result.error:
             raise result.error
+
+
+def _closed_loop_stage(cfg: TrainConfig, tracking) -> None:
+    """Train stage 2 in a thread while this (the trial's) thread reports each checkpoint's success to Tune
+    as it arrives: a trial ASHA stops is killed with its trainer and env actors (Ray actors share their
+    owner's fate), the others keep training."""
+    import queue
+    import threading
+
+    from ray import tune
+
+    from pipelines.train import run_training
+
+    results: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = run_training(cfg, tracking=tracking, on_eval_result=results.put)
+        except BaseException as err:  # re-raised in the trial thread
+            outcome["error"] = err
+        finally:
+            results.put(None)
+
+    threading.Thread(target=train, name="closed-loop-trial", daemon=True).start()
+    while (record := results.get()) is not None:
+        tune.report({"closed_loop/success_rate": record["rate"], "closed_loop/ci95_low": record["ci95"][0],
+                     "closed_loop/ci95_high": record["ci95"][1], "closed_loop/episodes": record["n"],
+                     "closed_loop/successes": record["successes"], "step": record["step"],
+                     **{k: v for k, v in record["val"].items()}})
+    if "error" in outcome:
+        raise outcome["error"]
+    if outcome["result"].error:
+        raise outcome["result"].error
 
 
 def check_report_cadence(cfg: TrainConfig, source: str) -> None:
@@ -154,11 +214,30 @@ def check_report_cadence(cfg: TrainConfig, source: str) -> None:
             f"without the objective: set -o checkpoint_every={cfg.validate_every} (or a multiple)")
 
 
-def max_concurrent(resources: TrialResources) -> int:
+def closed_loop_overrides(space: SweepSpace) -> dict[str, Any] | None:
+    """TrainConfig fields the closed-loop objective sets on every trial's stage 2."""
+    if space.objective != CLOSED_LOOP:
+        return None
+    out: dict[str, Any] = {"eval_every": space.eval_every, "closed_loop": space.closed_loop.to_dict()}
+    if space.stage2_steps is not None:
+        out["steps"] = space.stage2_steps
+    return out
+
+
+def check_closed_loop(space: SweepSpace, base: dict[str, Any], source: str) -> None:
+    """The closed-loop objective's stage-2 config must validate (eval_every a multiple of checkpoint_every, ...)
+    before any trial starts."""
+    if space.objective != CLOSED_LOOP:
+        return
+    data = {**base, **closed_loop_overrides(space), "stage": "stage2", "stage1_checkpoint": "<the trial's stage 1>"}
+    config_from_dict(TrainConfig, data, f"{source} + the space file's eval_every/closed_loop (a trial's stage 2)")
+
+
+def max_concurrent(resources: TrialResources, env_cpus: float = 0.0) -> int:
     import ray
 
     total = ray.cluster_resources()
-    per_trial_cpu = resources.num_workers * resources.cpus_per_worker + DRIVER_CPUS
+    per_trial_cpu = resources.num_workers * resources.cpus_per_worker + DRIVER_CPUS + env_cpus
     n = int(total.get("CPU", 1) // per_trial_cpu)
     if resources.gpus_per_worker > 0:
         n = min(n, int(total.get("GPU", 0) // (resources.num_workers * resources.gpus_per_worker)))
@@ -191,7 +270,7 @@ def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: Path, tracking
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ctx = {"base": base, "objective": space.objective, "sweep_dir": str(sweep_dir),
            "resources": space.resources_per_trial.to_dict(), "parent_run_id": parent_run_id,
-           "tracking": tracking.__dict__ if tracking else None}
+           "tracking": tracking.__dict__ if tracking else None, "closed_loop": closed_loop_overrides(space)}
     trainable = tune.with_resources(trial_driver, {"CPU": DRIVER_CPUS})
     tune_path = sweep_dir / "tune"
     if tune.Tuner.can_restore(str(tune_path)):
@@ -204,7 +283,10 @@ def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: Path, tracking
             param_space={**param_space(space), "__clad__": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=space.mode, num_samples=space.num_samples,
                                         scheduler=_scheduler(space, metric),
-                                        max_concurrent_trials=max_concurrent(space.resources_per_trial)),
+                                        max_concurrent_trials=max_concurrent(
+                                            space.resources_per_trial,
+                                            env_cpus=space.closed_loop.actors * space.closed_loop.cpus_per_actor
+                                            if space.objective == CLOSED_LOOP else 0.0)),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir)),
         )
     return tuner.fit()
@@ -217,9 +299,13 @@ def write_outputs(results, space: SweepSpace, base: dict[str, Any], sweep_dir: P
     for r in results:
         m = r.metrics or {}
         cfg = r.config or {}
-        rows.append({"trial": m.get("trial_id", Path(r.path).name if r.path else "?"),
-                     **{k: cfg.get(k) for k in space.space},
-                     "objective": m.get(metric), "steps": m.get("step"), "status": "error" if r.error else "ok"})
+        row = {"trial": m.get("trial_id", Path(r.path).name if r.path else "?"),
+               **{k: cfg.get(k) for k in space.space},
+               "objective": m.get(metric), "steps": m.get("step"), "status": "error" if r.error else "ok"}
+        if space.objective == CLOSED_LOOP:  # the success of the trial's last round with its interval
+            row.update({"successes": m.get("closed_loop/successes"), "episodes": m.get("closed_loop/episodes"),
+                        "ci95_low": m.get("closed_loop/ci95_low"), "ci95_high": m.get("closed_loop/ci95_high")})
+        rows.append(row)
     rows.sort(key=lambda row: (row["objective"] is None, (row["objective"] or 0) * (1 if space.mode == "min" else -1)))
     table = sweep_dir / "results.csv"
     with table.open("w", newline="") as f:
@@ -263,6 +349,7 @@ def main(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     base_cfg = load_train_config(args.config, args.overrides)  # validates the base before any trial starts
     check_report_cadence(base_cfg, args.config or "the default train config")
+    check_closed_loop(space, base_cfg.to_dict(), args.config or "the default train config")
     base = base_cfg.to_dict()
     sweep_dir = Path(base_cfg.output_dir).resolve() / (args.name or space.name)
     from pipelines import logs

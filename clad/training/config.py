@@ -22,6 +22,7 @@ import pydantic
 from clad.config import FrozenConfig, deep_merge, load_config
 from clad.errors import ConfigError
 from clad.model.config import ModelConfig
+from clad.training.closed_loop import ClosedLoopConfig
 from clad.training.optim import OptimConfig
 
 Stage = Literal["stage1", "stage2"]
@@ -65,6 +66,10 @@ class TrainConfig(FrozenConfig):
     keep_checkpoints: int = pydantic.Field(2, ge=1)
     validate_every: int = pydantic.Field(250, ge=1)
     val_batches: int = pydantic.Field(8, ge=1)
+    # closed-loop evaluation during training (stage 2): every eval_every steps (a multiple of
+    # checkpoint_every; 0 = off) the new checkpoint is rolled out asynchronously (docs/closed-loop.md)
+    eval_every: int = pydantic.Field(0, ge=0)
+    closed_loop: ClosedLoopConfig = ClosedLoopConfig()
     # stage 2: exponential moving average of the policy weights (diffusion_policy's EMA); 0 disables it
     policy_ema_decay: float = pydantic.Field(0.999, ge=0.0, lt=1.0)
     stage1_checkpoint: str | None = None  # stage 2: a stage-1 `final/` (or checkpoint) directory
@@ -93,6 +98,17 @@ class TrainConfig(FrozenConfig):
                              "stage1_checkpoint to the stage-1 output directory of the CLaD run it is matched to")
         if self.stage == "stage1" and not self.model.has_dynamics:
             raise ValueError("stage 1 trains the dynamics model, but model.policy.foresight=none has none")
+        if self.eval_every:
+            if self.stage != "stage2":
+                raise ValueError(f"eval_every={self.eval_every}: stage 1 has no policy to roll out; set eval_every "
+                                 "on stage 2 (or the policy-only run), or eval_every=0")
+            if self.eval_every % self.checkpoint_every:
+                raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of checkpoint_every "
+                                 f"({self.checkpoint_every}): only checkpoints can be rolled out; set eval_every="
+                                 f"{max(1, round(self.eval_every / self.checkpoint_every)) * self.checkpoint_every}")
+            if not self.closed_loop.suite:
+                raise ValueError("eval_every > 0 needs closed_loop.suite (the LIBERO suite to roll out on, "
+                                 "e.g. -o closed_loop.suite=libero_object)")
         return self
 
     @property

@@ -1,0 +1,109 @@
+"""Best-k selection, rank correlation and the eval_every config checks (plain Python, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from clad.errors import ConfigError
+from clad.training.closed_loop import rank_correlations, select_best, should_evaluate, spearman
+
+
+def _rec(step, successes, n=10, loss=None, **kw):
+    return {"step": step, "successes": successes, "n": n, "rate": successes / n,
+            "val": {} if loss is None else {"val/loss": loss}, **kw}
+
+
+def test_best_k_by_success_then_validation_loss_then_later_step():
+    records = [_rec(100, 3, loss=0.5), _rec(200, 7, loss=0.4), _rec(300, 7, loss=0.2), _rec(400, 5, loss=0.1),
+               _rec(500, 7, loss=0.2), _rec(600, 9, loss=0.9, complete=False)]
+    best = select_best(records, 3)
+    # 600 is incomplete (interrupted), so it cannot win; 300 and 500 tie on success and loss: later step first
+    assert [r["step"] for r in best] == [500, 300, 200]
+    assert [r["step"] for r in select_best(records, 10)] == [500, 300, 200, 400, 100]
+
+
+def test_a_missing_tie_break_metric_loses_the_tie():
+    best = select_best([_rec(100, 4), _rec(200, 4, loss=3.0)], 1)
+    assert best[0]["step"] == 200
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    x = [0.3, 0.1, 0.1, 0.5, 0.2, 0.9]
+    y = [0.2, 0.4, 0.5, 0.1, 0.4, 0.0]
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2], [1, 2]) is None          # too few checkpoints
+    assert spearman([1, 2, 3], [0.5, 0.5, 0.5]) is None  # success never changed: undefined
+
+
+def test_rank_correlations_per_validation_metric():
+    records = [{**_rec(s, k), "val": {"val/loss": l, "val/action_mse": m}}
+               for s, k, l, m in [(1, 2, 0.9, 0.1), (2, 5, 0.5, 0.2), (3, 8, 0.1, 0.3), (4, 6, 0.3, 0.4)]]
+    out = rank_correlations(records)
+    assert out["val/loss"]["rho"] == pytest.approx(-1.0)  # lower loss = higher success, in order
+    assert out["val/action_mse"]["rho"] == pytest.approx(0.8)
+    assert out["val/loss"]["n"] == 4 and out["val/loss"]["steps"] == [1, 2, 3, 4]
+
+
+def test_which_checkpoints_are_rolled_out():
+    assert [s for s in range(1, 11) if should_evaluate(s, 4, 10)] == [4, 8, 10]
+    assert not should_evaluate(4, 0, 10)
+
+
+def test_eval_every_config_errors_name_the_field_and_fix():
+    from clad.training.config import load_train_config
+
+    base = ["dataset_dir=ds", "stage=stage2", "model.policy.foresight=none", "model_preset=tiny",
+            "closed_loop.suite=libero_object", "checkpoint_every=200"]
+    cfg = load_train_config(None, [*base, "eval_every=400"])
+    assert cfg.eval_every == 400 and cfg.closed_loop.suite == "libero_object"
+    with pytest.raises(ConfigError, match=r"eval_every \(300\) must be a multiple of checkpoint_every \(200\).*"
+                                          r"set eval_every=400"):
+        load_train_config(None, [*base, "eval_every=300"])
+    with pytest.raises(ConfigError, match="stage 1 has no policy"):
+        load_train_config(None, ["dataset_dir=ds", "eval_every=200", "checkpoint_every=200",
+                                 "closed_loop.suite=libero_object"])
+    with pytest.raises(ConfigError, match="closed_loop.suite"):
+        load_train_config(None, [*base[:-2], "checkpoint_every=200", "eval_every=200"])
+    with pytest.raises(ConfigError, match="closed_loop.episodes_per_tsk"):
+        load_train_config(None, [*base, "closed_loop.episodes_per_tsk=3"])
+
+
+def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
+    """The bookkeeping over finished evaluations (no Ray needed): best/ follows the leader, models of
+    checkpoints that fall out of the top-k are pruned, and the rank correlation covers every checkpoint."""
+    import json
+
+    from clad.training.config import load_train_config
+    from pipelines.eval_during_training import ClosedLoopEvaluator, print_closed_loop
+
+    cfg = load_train_config(None, ["dataset_dir=ds", f"output_dir={tmp_path}", "stage=stage2", "model_preset=tiny",
+                                   "model.policy.foresight=none", "checkpoint_every=1", "eval_every=1",
+                                   "closed_loop.suite=libero_object", "closed_loop.keep_best=2"])
+    ev = ClosedLoopEvaluator(cfg, tmp_path / "ray_run")
+
+    def finish(step, successes, loss):
+        d = cfg.run_dir / "closed_loop" / f"step_{step:07d}"
+        (d / "model").mkdir(parents=True)
+        for name in ("model.safetensors", "config.json", "stats.json"):
+            (d / "model" / name).write_text(f"{name} of step {step}")
+        (d / "result.json").write_text(json.dumps({**_rec(step, successes, n=4, loss=loss), "ci95": [0, 1],
+                                                   "model": str(d / "model")}))
+        ev._update_best()
+
+    finish(1, 1, 0.9)
+    assert (cfg.run_dir / "best" / "model.safetensors").read_text() == "model.safetensors of step 1"
+    finish(2, 3, 0.5)
+    finish(3, 2, 0.7)
+    best = json.loads((cfg.run_dir / "best_checkpoints.json").read_text())
+    assert [b["step"] for b in best["best"]] == [2, 3]
+    assert (cfg.run_dir / "best" / "model.safetensors").read_text() == "model.safetensors of step 2"
+    assert not (cfg.run_dir / "closed_loop" / "step_0000001" / "model").exists()  # fell out of the top 2
+    assert (cfg.run_dir / "closed_loop" / "step_0000001" / "result.json").is_file()
+    ranks = json.loads((cfg.run_dir / "closed_loop" / "rank_correlation.json").read_text())
+    assert ranks["metrics"]["val/loss"]["rho"] == pytest.approx(-1.0)
+    print_closed_loop(cfg.run_dir)
+    out = capsys.readouterr().out
+    assert "step       2: success 3/4 = 75.0 %" in out and "Best checkpoint: step 2" in out and "val/loss -1.00" in out
