@@ -163,6 +163,9 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
         tracking = resolve_tracking(out, tracking_uri, experiment=experiment)
         check_tracking(tracking, no_tracking_hint=", or pass --no-mlflow")
     with lock_folder(out, "clad eval"):
+        from pipelines import logs
+
+        logs.attach_log_file(out)  # only once every check passed: a refused command leaves no folder behind
         # under the lock: the settings check and the write of eval_config.json are one step
         _check_resume(out, cfg)
         return _run_locked(cfg, out, tasks, t_start, address=address, tracking=tracking, experiment=experiment,
@@ -364,9 +367,6 @@ def _flag_errors(err: pydantic.ValidationError) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_out_dir(cfg.suite, cfg.policy, cfg.base_seed)
-    from pipelines import logs
-
-    log_file = logs.attach_log_file(out)
     try:
         report = run_evaluation(cfg, out, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                 address=args.address, use_mlflow=not args.no_mlflow, progress=not args.no_progress)
@@ -374,6 +374,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: finished episodes are kept in {out / 'episodes.jsonl'}; "
               "run the same command again to resume", file=sys.stderr)
         return 130
+    from pipelines import logs
+
+    log_file = logs.attach_log_file(out)  # attached by run_evaluation; this returns its path
     t = report.summary["timings"]
     print()
     print(report.table)

@@ -222,6 +222,9 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     if cfg.feature_backbone is not None and cfg.feature_backbone.checkpoint_dir:
         extra["backbone_checkpoint"] = path_digest(cfg.feature_backbone.checkpoint_dir)
     fp = fingerprint(cfg.to_dict(), infos, SCHEMA_VERSION, extra)
+    from pipelines import logs
+
+    logs.attach_log_file(out_dir)  # only now: a refused command leaves no folder behind
     if not force and existing_fingerprint(out_dir) == fp:
         return PreprocessResult(out_dir, True, read_manifest(out_dir), time.perf_counter() - t0)
 
@@ -292,10 +295,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines import logs
-
     cfg = config_from_args(args)
-    logs.attach_log_file(args.out)
     result = run_preprocess(args.input, args.out, cfg, readers=args.readers, feature_actors=args.feature_actors,
                             ray_address=args.address, force=args.force)
     print(result.summary())
