@@ -11,7 +11,7 @@ Columns (schema version 1):
 | length               | int64   T                                   | int                            |
 | image_height/width   | int32                                       | int                            |
 | <view obs key>       | large_binary: raw C-order (T, H, W, 3) uint8 | (T, H, W, 3) uint8            |
-|   e.g. agentview_rgb, eye_in_hand_rgb (as stored: OpenGL flipped)                                    |
+|   e.g. agentview_rgb, eye_in_hand_rgb (as stored: manifest image_orientation)                        |
 | actions              | list<fixed_size_list<float32, 7>>           | (T, 7) float32                 |
 | <low-dim obs key>    | list<fixed_size_list<float32, D>>           | (T, D) float32                 |
 |   gripper_states 2, joint_states 7, ee_states 6, ee_pos 3, ee_ori 3                                  |

@@ -1,6 +1,6 @@
 """Frozen visual backbones for preprocessing-time features: the protocol, a registry, and one built-in kind.
 
-Protocol: a backbone is a callable `(N, H, W, 3) uint8 images (as stored, OpenGL flipped) -> (N, F) float32`
+Protocol: a backbone is a callable `(N, H, W, 3) uint8 images (as stored: manifest image_orientation) -> (N, F) float32`
 with an integer attribute `feature_dim`. It must be deterministic and must not train. It is built once per
 actor of the preprocessing pool; when the cluster has GPUs each actor is given a share of one (Ray sets
 CUDA_VISIBLE_DEVICES), so a factory should pick `cuda` when `torch.cuda.is_available()`.

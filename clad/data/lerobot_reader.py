@@ -272,11 +272,12 @@ class VideoFile:
 
     def covers(self, timestamps: np.ndarray, tol: float) -> int:
         """How many of `timestamps` (seconds) have no frame within `tol`."""
-        if self.times.size == 0:
+        n = self.times.size
+        if n == 0:
             return int(timestamps.size)
-        i = np.clip(np.searchsorted(self.times, timestamps), 1, self.times.size - 1) if self.times.size > 1 \
-            else np.zeros(timestamps.size, int)
-        near = np.minimum(np.abs(self.times[i] - timestamps), np.abs(self.times[np.maximum(i - 1, 0)] - timestamps))
+        i = np.searchsorted(self.times, timestamps)
+        before, after = self.times[np.clip(i - 1, 0, n - 1)], self.times[np.clip(i, 0, n - 1)]
+        near = np.minimum(np.abs(before - timestamps), np.abs(after - timestamps))
         return int((near > tol).sum())
 
 
