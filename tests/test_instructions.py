@@ -221,3 +221,30 @@ def test_clad_preprocess_embeds_the_benchmark_instruction(ray_session, tmp_path)
     assert by_name[tasks[0].name]["file_instruction"].startswith("Pick the")
     emb = load_embeddings(tmp_path / "out" / "language.safetensors")
     np.testing.assert_allclose(emb, encode_instructions([row["instruction"] for row in table]), atol=1e-6)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["in_actor", "server"])
+def test_clad_eval_logs_the_instruction_per_episode(ray_session, tmp_path, tiny_stage2, mode):
+    """`clad eval` on the real simulator: every line of episodes.jsonl names the instruction the CLaD agent
+    was conditioned on, in-actor and through the policy server alike."""
+    import shutil
+
+    from clad.eval.config import EvalConfig
+    from clad.eval.policy import PolicySpec
+    from clad.libero.suites import get_task
+    from pipelines.evaluate import run_evaluation
+
+    ckpt = tmp_path / "stage2"
+    shutil.copytree(tiny_stage2, ckpt)
+    task = get_task("libero_object", 1)
+    (ckpt / "tasks.json").write_text(json.dumps({"tasks": [{"index": 0, "name": task.name,
+                                                            "instruction": task.language}]}))
+    cfg = EvalConfig(suite="libero_object", tasks=("1",), episodes_per_task=1, max_steps=2, settle_steps=1,
+                     actors=1, camera_size=32, video_episodes=0, policy_mode=mode,
+                     policy=PolicySpec(kind="clad", checkpoint=str(ckpt)))
+    report = run_evaluation(cfg, tmp_path / "eval", use_mlflow=False, progress=False)
+    (record,) = [json.loads(x) for x in (report.out_dir / "episodes.jsonl").read_text().splitlines() if x.strip()]
+    assert record["error"] is None, record["error"]
+    assert record["instruction"] == task.language == "pick up the cream cheese and place it in the basket"
