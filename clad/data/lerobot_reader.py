@@ -85,43 +85,21 @@ def normalise_instruction(text: str) -> str:
     return re.sub(r"\s+", " ", str(text)).strip().lower()
 
 
-def _bddl_language(spec) -> str | None:
-    """The `(:language ...)` line of the task's BDDL file: what LIBERO's HDF5 files (problem_info) carry and
-    hence what converted LeRobot sets often use, e.g. "Pick the alphabet soup ..." for the benchmark's
-    "pick up the alphabet soup ..." (LIBERO derives task.language from the file name instead)."""
-    from clad.libero.suites import bddl_text
-
-    m = re.search(r"\(:language\s+([^)]*)\)", bddl_text(spec))
-    return m.group(1) if m else None
-
-
-@functools.lru_cache(maxsize=None)
-def _suite_instructions(suite: str) -> list[tuple[object, str, str | None]]:
-    from clad.libero.suites import get_task, list_tasks
-
-    specs = [get_task(suite, i) for i in range(len(list_tasks(suite)))]
-    return [(spec, normalise_instruction(spec.language),
-             None if (b := _bddl_language(spec)) is None else normalise_instruction(b)) for spec in specs]
-
-
 def match_benchmark_task(instruction: str, suites=SUITE_SEARCH_ORDER):
-    """The LIBERO TaskSpec for a dataset's task string: the task whose benchmark `language` equals it
-    (whitespace/case normalised), else the one whose BDDL `:language` does, searching `suites` in order.
-    The caller then uses spec.language (the benchmark's instruction) for training and evaluation alike.
-    DataError naming the string and the suites when nothing matches or two tasks of one suite do.
+    """The LIBERO TaskSpec for a dataset's task string, through the one benchmark lookup
+    (`clad.libero.suites.find_benchmark_task`: benchmark or BDDL wording, case ignored), searching `suites`
+    in order so that a text shared by two suites resolves to the first. The caller then uses spec.language
+    (the benchmark's instruction) for training and evaluation alike.
+    DataError naming the string and the suites when nothing matches or two tasks of one suite do."""
+    from clad.libero.suites import UnknownTaskError, find_benchmark_task
 
-    NOTE for the integrator: clad.libero.suites is gaining a public lookup of the same kind (one source of
-    truth: the benchmark's task.language); this function should then delegate to it.
-    """
-    want = normalise_instruction(instruction)
-    for field_index in (1, 2):  # benchmark language first, BDDL language second
-        for suite in suites:
-            hits = [row[0] for row in _suite_instructions(suite) if row[field_index] == want]
-            if len(hits) > 1:
-                raise DataError(f"task {instruction!r} of meta/tasks.parquet matches several {suite} tasks: "
-                                f"{[h.name for h in hits]}")
-            if hits:
-                return hits[0]
+    for suite in suites:
+        try:
+            spec = find_benchmark_task(instruction, suite=suite)
+        except UnknownTaskError as err:
+            raise DataError(f"task {instruction!r} of meta/tasks.parquet: {err}") from None
+        if spec is not None:
+            return spec
     raise DataError(f"task {instruction!r} of meta/tasks.parquet matches no LIBERO benchmark instruction "
                     f"(searched the benchmark and BDDL instructions of {', '.join(suites)}, whitespace and case "
                     "ignored)")
