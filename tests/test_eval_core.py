@@ -190,6 +190,7 @@ def test_config_rules_and_resume_check(tmp_path):
         PolicySpec(kind="clad")
     cfg = EvalConfig(suite="libero_object", policy=PolicySpec(kind="tiny"))
     (tmp_path / "eval_config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "episodes.jsonl").write_text("{}\n")  # a folder without episodes holds nothing to mix
     _check_resume(tmp_path, cfg.replace(actors=7, video_episodes=0))   # speed-only changes are fine
     with pytest.raises(ConfigError, match="base_seed"):
         _check_resume(tmp_path, cfg.replace(base_seed=1))
