@@ -6,13 +6,21 @@ way, so it ends the run at once and the driver reports it as itself.
 
 Ray Train 2.x exposes no public hook for this, so `CladTorchTrainer` swaps its controller's failure policy for
 `CladFailurePolicy` (a subclass of the default) through the trainer's controller factory.
+
+Ctrl-C: Ray Train's own SIGINT handler aborts the controller and then calls sys.exit inside the handler, so
+the command can neither clean up (its MLflow run stays RUNNING) nor say what happened, and the handler
+stays installed after `fit`. `CladTorchTrainer` aborts the controller the same way and then raises
+KeyboardInterrupt, which the command handles; the previous handler is restored after `fit`.
 """
 
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from typing import Iterable
 
+import ray
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 
@@ -61,9 +69,28 @@ class CladFailurePolicy(DefaultFailurePolicy):
 
 
 class CladTorchTrainer(TorchTrainer):
+    ABORT_TIMEOUT_S = 15.0
+
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         controller_init_kwargs["failure_policy"] = CladFailurePolicy(self.run_config.failure_config)
-        return super()._initialize_and_run_controller(**controller_init_kwargs)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if main else None
+        try:
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+
+    def _register_sigint_handler(self, controller):
+        def on_sigint(signum, frame):
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts the abort
+            try:
+                ray.get(controller.abort.remote(), timeout=self.ABORT_TIMEOUT_S)
+            except Exception:  # the controller is gone or slow: the caller shuts Ray down anyway
+                pass
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
 
 
 def training_error(err: BaseException) -> BaseException:

@@ -32,7 +32,8 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
-            raise AssertionError(f"the command ended (rc {proc.returncode}) before {what}:\n{proc.stderr.read()[-3000:]}")
+            lines = [x for x in proc.stderr.read().splitlines() if "RayTrainWorker" not in x]
+            raise AssertionError(f"the command ended (rc {proc.returncode}) before {what}:\n" + "\n".join(lines[-40:]))
         value = predicate()
         if value:
             return value
@@ -67,7 +68,7 @@ def test_ctrl_c_stops_training_and_marks_the_run_killed(tmp_path):
     pre = subprocess.run([sys.executable, "-m", "pipelines.cli", "preprocess", "--input", str(tmp_path / "raw"),
                           "--out", str(tmp_path / "ds")], cwd=ROOT, env=_env(), capture_output=True, text=True,
                          timeout=600)
-    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert pre.returncode == 0, pre.stderr[-3000:]  # (on an overloaded machine Ray itself may fail to start)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "train", "stage1", "--tracking-uri", uri,

@@ -282,3 +282,32 @@ def test_saved_train_config_does_not_reuse_the_run_identity(tmp_path):
     assert cfg.parent_run_id is None and cfg.run_name is None and cfg.steps == 7
     cfg = load_cli_config(argparse.Namespace(config=str(path), stage="stage1", overrides=["run_name=stage1-abc"]))
     assert cfg.run_name == "stage1-abc" and cfg.parent_run_id is None
+
+
+@pytest.mark.libero  # reads the suite's task list (no simulator is built)
+def test_failed_logging_at_the_end_says_how_to_log_later(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from clad.eval.protocol import plan_episodes
+    from clad.eval.results import EpisodeResult, ResultLog
+
+    out = tmp_path / "out"
+    out.mkdir()
+    log = ResultLog(out / "episodes.jsonl")  # a finished evaluation: nothing left to run
+    for s in plan_episodes("libero_object", [1], 1, 0, 50, 10):
+        log.append(EpisodeResult(suite=s.suite, task_index=s.task_index, task_name="t1", episode=s.episode,
+                                 init_index=s.init_index, seed=s.seed, success=True, steps=12, wall_s=0.5))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the artifact folder should go")
+    # a reachable store whose artifact location cannot be written: the failure comes at the end
+    MlflowClient(uri).create_experiment("broken", artifact_location=(blocker / "artifacts").as_uri())
+    args = ["eval", "--policy", "zero", "--suite", "libero_object", "--tasks", "1", "--episodes-per-task", "1",
+            "--max-steps", "50", "--video-episodes", "0", "--no-progress", "--out", str(out), "--tracking-uri", uri]
+    r = _cli(*args, "--experiment", "broken")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert f"MLflow logging to {uri} failed" in r.stderr and f"The results are safe in {out}" in r.stderr
+    assert "run the same command again once the store is reachable" in r.stderr
+    assert (out / "summary.json").is_file()
+    r = _cli(*args, "--experiment", "working")  # logging later runs no episode
+    assert r.returncode == 0 and "(0 run now, 1 resumed)" in r.stdout, r.stderr[-2000:]
