@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from clad import storage
 from clad.errors import CheckpointError, CladError, ConfigError
 from clad.eval.config import RESULT_FIELDS, EvalConfig
 from clad.eval.policy import PolicySpec
@@ -161,11 +162,14 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
         from clad.eval.agent_adapter import checkpoint_config
         from clad.model.checkpoint import WEIGHTS
 
-        checkpoint_config(cfg.policy.checkpoint, cfg.policy.runtime)
-        if not (Path(cfg.policy.checkpoint) / WEIGHTS).is_file():
-            raise CheckpointError(f"{Path(cfg.policy.checkpoint) / WEIGHTS} is missing: pass the final/ folder "
+        storage.check_readable(cfg.policy.checkpoint, "--checkpoint")  # wrong bucket / no credentials: say so
+        checkpoint_config(str(storage.local_copy(cfg.policy.checkpoint)), cfg.policy.runtime)
+        if not storage.is_file(storage.join(cfg.policy.checkpoint, WEIGHTS)):
+            raise CheckpointError(f"{storage.join(cfg.policy.checkpoint, WEIGHTS)} is missing: pass the final/ folder "
                                   "written by `clad train stage2`")
-    out = Path(out_dir).resolve()
+    # a URI --out: logs are written to a local working copy and uploaded (clad/storage.py WorkingCopy)
+    mirror = storage.WorkingCopy(storage.check_writable(out_dir, "--out")) if storage.is_remote(out_dir) else None
+    out = mirror.local if mirror else Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
     paths = {"out": str(out), "episodes": str(out / EPISODES_FILE), "summary": str(out / "summary.json"),
@@ -217,6 +221,8 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
                 videos.submit(name, result.frames)
                 result.frames = None
             result_log.append(result)
+            if mirror is not None:
+                mirror.push_throttled([EPISODES_FILE])  # complete objects only, at most every few seconds
             new_results.append(result)
             wins[0] += result.success
             bar.update(1)
@@ -229,6 +235,8 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
         finally:
             bar.close()
             videos.close()
+            if mirror is not None:  # an interrupted run keeps every finished episode in the bucket too
+                mirror.push([EPISODES_FILE])
         st = pool.stats
         pool_info = {"num_actors": num_actors, "cpus_per_actor": size.cpus_per_actor, "policy_mode": cfg.policy_mode,
                      "server_gpus": server_gpus, "actors_started": st.actors_started,
@@ -263,6 +271,9 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     Path(paths["summary"]).write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
     plot_success(summary, paths["plot"], title=f"{cfg.suite}: {cfg.policy.kind} ({summary['overall']['n']} episodes)")
     table = format_table(summary)
+    if mirror is not None:  # the summary last, so a summary in the bucket always describes uploaded episodes
+        mirror.push(last=["summary.json"])
+        paths["remote"] = mirror.loc
     if use_mlflow:
         try:
             paths["mlflow_run_id"] = _log_mlflow(cfg, out, doc, paths, tracking_uri, experiment, parent_run_id)
@@ -303,12 +314,12 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    out = Path(args.out) if args.out else default_out_dir(cfg.suite, cfg.policy, cfg.base_seed)
+    out = args.out if args.out else default_out_dir(cfg.suite, cfg.policy, cfg.base_seed)  # a path or a URI
     try:
         report = run_evaluation(cfg, out, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                 address=args.address, use_mlflow=not args.no_mlflow, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished episodes are kept in {out / 'episodes.jsonl'}; "
+        print(f"\ninterrupted: finished episodes are kept in {storage.join(out, 'episodes.jsonl')}; "
               "run the same command again to resume")
         return 130
     t = report.summary["timings"]

@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
+from clad import storage
 from clad.config import load_config
 from clad.data import outputs
 from clad.data.episode_table import SCHEMA_VERSION
@@ -56,7 +57,7 @@ LOCK_FILE = ".preprocess.lock"  # the feature actor pool may take half the CPUs;
 
 @dataclass
 class PreprocessResult:
-    out_dir: Path
+    out_dir: Path | str  # a URI when the dataset lives in object storage
     noop: bool
     manifest: dict
     elapsed_s: float
@@ -81,7 +82,7 @@ class PreprocessResult:
                  f"  image size {self.manifest['image_size'][0]}x{self.manifest['image_size'][1]}, "
                  f"views {self.manifest['views']}, tasks {len(self.manifest['tasks'])}"]
         if c["rejections_by_kind"]:
-            lines.append(f"  see {self.out_dir / outputs.REJECTIONS}")
+            lines.append(f"  see {storage.join(self.out_dir, outputs.REJECTIONS)}")
         return "\n".join(lines)
 
 
@@ -126,8 +127,8 @@ def _write_split(refs: list[dict], split: str, out_dir: Path, cfg: PreprocessCon
 
     from pipelines.ray_runtime import size_pool
 
-    path = out_dir / EPISODES_DIR / split
-    path.mkdir(parents=True, exist_ok=True)
+    path = storage.join(out_dir, EPISODES_DIR, split)  # a URI is written by Ray Data directly
+    storage.makedirs(path)
     if not refs:
         return
     ds = ray.data.from_items(refs, override_num_blocks=len(refs))
@@ -175,8 +176,8 @@ def _feature_dim(out_dir: Path, cfg: PreprocessConfig) -> int | None:
     from clad.data.episode_table import feature_column
 
     for split in SPLITS:
-        for f in sorted((out_dir / EPISODES_DIR / split).glob("*.parquet")):
-            return pq.read_schema(f).field(feature_column(cfg.image_keys[0])).type.value_type.list_size
+        for f in storage.list_files(storage.join(out_dir, EPISODES_DIR, split), ".parquet"):
+            return pq.read_schema(storage.open_input(f)).field(feature_column(cfg.image_keys[0])).type.value_type.list_size
     return None
 
 
@@ -190,7 +191,8 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     """
     cfg = cfg or PreprocessConfig()
     t0 = time.perf_counter()
-    input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir).resolve()
+    input_dir = Path(input_dir).resolve()
+    out_dir = storage.normalize(out_dir) if storage.is_remote(out_dir) else Path(out_dir).resolve()
     files = find_demo_files(input_dir)
     if not files:
         raise DataError(f"no *_demo.hdf5 files under {input_dir} (searched sub-folders too)")
@@ -211,16 +213,18 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
 
     from pipelines.ray_runtime import init_ray
 
+    storage.check_writable(out_dir, "--out")  # a wrong bucket or missing credentials fail before Ray starts
     t = time.perf_counter()
     init_ray(address=ray_address)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     timings["ray_init"] = time.perf_counter() - t
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out_dir / LOCK_FILE))
+    storage.makedirs(out_dir)
+    lock_path = storage.lock_file(out_dir, LOCK_FILE)
+    lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise DataError(f"another `clad preprocess` is writing {out_dir} (lock {out_dir / LOCK_FILE}); "
+        raise DataError(f"another `clad preprocess` is writing {out_dir} (lock {lock_path}); "
                         "wait for it or choose another --out") from None
     try:
         return _build(input_dir, out_dir, cfg, files, infos, fp, timings, t0, readers, feature_actors)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clad import storage
 from clad.errors import ConfigError
 from clad.training.config import TrainConfig, load_train_config
 from pipelines.cli_args import add_cluster_args, add_overrides
@@ -109,7 +110,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             session.restore(d)
         log.info("rank %d resumed from step %d", rank, session.step)
     elif loop_config.get("resume_from"):
-        session.restore(loop_config["resume_from"])
+        session.restore(storage.local_copy(loop_config["resume_from"]))  # a URI is cached on this node
         # another run's checkpoint (e.g. continuing to more steps): this run logs to its own MLflow run
         session.mlflow_run_id = None
         log.info("rank %d resumed from %s at step %d", rank, loop_config["resume_from"], session.step)
@@ -173,11 +174,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         checkpoint = ray.train.Checkpoint.from_directory(tmp)
                     ray.train.report(report, checkpoint=checkpoint)
         if rank == 0 and session.step == cfg.steps:
-            final = Path(loop_config["final_dir"])
-            session.export_model(final)
-            if run_ctx is not None:
-                mlflow.log_artifacts(str(final), artifact_path="model")
-                mlflow.set_tag("clad.checkpoint", str(final))
+            final = loop_config["final_dir"]  # a local folder or a URI
+            with tempfile.TemporaryDirectory() as tmp:
+                session.export_model(tmp)
+                # the weights last: `final/` counts as finished (pipeline, clad eval) once they are there
+                storage.upload_dir(tmp, final, last=["model.safetensors"])
+                if run_ctx is not None:
+                    mlflow.log_artifacts(tmp, artifact_path="model")
+                    mlflow.set_tag("clad.checkpoint", final)
     finally:
         if run_ctx is not None:
             run_ctx.__exit__(None, None, None)
@@ -223,6 +227,8 @@ def check_resume_dir(path: str | Path) -> Path:
     """A `--resume-from` directory as an absolute path; a clear error, on the driver, if it is no training checkpoint."""
     from clad.training.state import META_FILE
 
+    if storage.is_remote(path):
+        return storage.check_readable(storage.normalize(path), "--resume-from", expect=META_FILE)
     directory = Path(path).expanduser().resolve()
     if not (directory / META_FILE).is_file():
         hint = ""
@@ -240,21 +246,20 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from clad.config import save_config
     from clad.data.manifest import read_manifest
 
     if resume_from is not None:
         resume_from = str(check_resume_dir(resume_from))  # absolute: Ray workers run in another directory
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "train_config.json")
+    run_dir = cfg.run_location  # an absolute local path or a URI
+    storage.check_writable(run_dir, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    storage.write_json(storage.join(run_dir, "train_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     pool = worker_pool(cfg)  # before building datasets: a bad request fails at once
     datasets = build_datasets(cfg)
     manifest = read_manifest(cfg.dataset_dir)
     loop_config = {
         "train": cfg.to_dict(),
         "splits": sorted(datasets),
-        "final_dir": str(run_dir / "final"),
+        "final_dir": storage.join(run_dir, "final"),
         "resume_from": resume_from,
         "tracking": tracking.__dict__ if tracking is not None else None,
         "dataset_hash": str(manifest.get("fingerprint", "")),
@@ -267,7 +272,7 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": pool.cpus_per_actor, **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=run_name or cfg.name, storage_path=storage_path or str(run_dir.parent),
+            name=run_name or cfg.name, storage_path=storage_path or storage.parent(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             callbacks=list(callbacks)),
@@ -300,13 +305,13 @@ def main(args: argparse.Namespace) -> int:
     if args.resume_from:
         check_resume_dir(args.resume_from)  # before starting Ray
     init_ray(address=args.address)
-    tracking = resolve_tracking(Path(cfg.output_dir), uri=args.tracking_uri or cfg.tracking_uri,
+    tracking = resolve_tracking(cfg.output_dir, uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)
     result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
     if result.error:
         raise result.error
-    final = cfg.run_dir / "final"
-    done = "done" if (final / "model.safetensors").is_file() else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
+    final = storage.join(cfg.run_location, "final")
+    done = "done" if storage.is_file(storage.join(final, "model.safetensors")) else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
     print(f"MLflow: {tracking.ui_command()}")
