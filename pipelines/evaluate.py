@@ -162,8 +162,10 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
         from clad.eval.agent_adapter import checkpoint_config
         from clad.model.checkpoint import WEIGHTS
 
-        storage.check_readable(cfg.policy.checkpoint, "--checkpoint")  # wrong bucket / no credentials: say so
-        checkpoint_config(str(storage.local_copy(cfg.policy.checkpoint)), cfg.policy.runtime)
+        checkpoint = cfg.policy.checkpoint
+        if storage.is_remote(checkpoint):  # wrong bucket / no credentials: say so; then read the cached copy
+            checkpoint = str(storage.local_copy(storage.check_readable(checkpoint, "--checkpoint")))
+        checkpoint_config(checkpoint, cfg.policy.runtime)
         if not storage.is_file(storage.join(cfg.policy.checkpoint, WEIGHTS)):
             raise CheckpointError(f"{storage.join(cfg.policy.checkpoint, WEIGHTS)} is missing: pass the final/ folder "
                                   "written by `clad train stage2`")
