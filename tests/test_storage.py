@@ -295,3 +295,33 @@ def test_eval_of_a_missing_checkpoint_names_it(env, ray_guarded):
                      policy=PolicySpec(kind="clad", checkpoint=f"s3://{BUCKET}/runs/nothing/final"))
     with pytest.raises(StorageError, match=rf"--checkpoint s3://{BUCKET}/runs/nothing/final: does not exist"):
         run_evaluation(cfg, f"s3://{BUCKET}/eval-x", use_mlflow=False, progress=False)
+
+
+def test_the_guard_refuses_the_drivers_folder_in_workers(env, ray_guarded):
+    """The check above means something: a worker handed a driver-local path is refused and recorded."""
+    import ray
+
+    secret = env["driver"] / "only-here.json"
+    secret.write_text("{}")
+
+    @ray.remote(num_cpus=0.1)
+    def read(loc: str):
+        from clad import storage as worker_storage
+
+        try:
+            worker_storage.read_json(loc)
+        except PermissionError as err:
+            return str(err)
+        return "read"
+
+    @ray.remote(num_cpus=0.1)
+    def python_open(loc: str):
+        try:
+            open(loc).read()
+        except PermissionError as err:
+            return str(err)
+        return "read"
+
+    assert "driver's machine only" in ray.get(read.remote(str(secret)))
+    assert "driver's machine only" in ray.get(python_open.remote(str(secret)))
+    assert str(secret) in ray_guarded["violations"].read_text()
