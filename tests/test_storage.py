@@ -286,6 +286,19 @@ def test_training_into_a_missing_bucket_fails_before_any_work(dataset, tracking)
         run_training(cfg, tracking=tracking)
 
 
+def test_preprocess_with_a_read_only_role_fails_before_ray_work(env, s3, dataset):
+    from clad.data.preprocess_config import PreprocessConfig
+    from pipelines.preprocess import run_preprocess
+
+    _use_keys(env["mp"], s3["reader"])
+    try:
+        with pytest.raises(StorageError, match=rf"--out s3://{BUCKET}/ds-ro is not writable: permission denied"):
+            run_preprocess(env["shared"] / "raw", f"s3://{BUCKET}/ds-ro", PreprocessConfig(val_fraction=0.25))
+    finally:
+        _use_keys(env["mp"], s3["writer"])
+    assert storage.list_files(f"s3://{BUCKET}/ds-ro", recursive=True) == []
+
+
 def test_eval_of_a_missing_checkpoint_names_it(env, ray_guarded):
     from clad.eval.config import EvalConfig
     from clad.eval.policy import PolicySpec
@@ -325,3 +338,22 @@ def test_the_guard_refuses_the_drivers_folder_in_workers(env, ray_guarded):
     assert "driver's machine only" in ray.get(read.remote(str(secret)))
     assert "driver's machine only" in ray.get(python_open.remote(str(secret)))
     assert str(secret) in ray_guarded["violations"].read_text()
+
+
+def test_pipeline_places_every_step_in_the_bucket_and_skips_finished_stages(env):
+    from clad.errors import ConfigError
+    from pipelines.pipeline import _stage_done, load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe/"])
+    with pytest.raises(ConfigError, match=r"output_dir s3://clad-test/pipe is in object storage.*set input_dir"):
+        run_pipeline(cfg)  # scripted demos would be written to the driver's disk
+    runs = storage.join(cfg.location, "train")
+    s1 = cfg.stage_config("stage1", storage.join(cfg.location, "dataset"), runs)
+    assert s1.dataset_dir == f"s3://{BUCKET}/pipe/dataset" and s1.run_location.startswith(f"{runs}/stage1-")
+    s2 = cfg.stage_config("stage2", s1.dataset_dir, runs, s1.run_location)
+    assert s2.stage1_checkpoint == s1.run_location
+    assert not _stage_done(s1)
+    storage.write_json(storage.join(s1.run_location, "train_config.json"), s1.to_dict())
+    assert not _stage_done(s1)  # no weights yet: an interrupted upload of final/ is not a finished stage
+    storage.write_bytes(storage.join(s1.run_location, "final", "model.safetensors"), b"weights")
+    assert _stage_done(s1)
