@@ -18,6 +18,7 @@ object made visible only when its upload completes. Readers that decide whether 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -85,14 +86,34 @@ def parent(loc: str | os.PathLike) -> str:
     return str(Path(s).parent)
 
 
+# settings that change how a bucket is reached: a cached filesystem is reused only while they are unchanged
+_FS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+           "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_filesystem(bucket_uri: str, settings: tuple):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(bucket_uri)[0]
+
+
 def filesystem(loc: str | os.PathLike):
-    """(pyarrow FileSystem, path inside it) for a location."""
+    """(pyarrow FileSystem, path inside it) for a location.
+
+    For s3:// and gs:// one filesystem per bucket is cached: building one resolves credentials (an instance
+    metadata call on a cloud node) and the bucket's region, which would otherwise happen on every read."""
     import pyarrow.fs as pafs
 
     s = str(loc)
     if not is_remote(s):
         return pafs.LocalFileSystem(), normalize(s)
+    scheme, rest = s.split("://", 1)
     try:
+        if scheme in ("s3", "gs", "gcs"):
+            bucket = rest.split("/", 1)[0]
+            fs = _bucket_filesystem(f"{scheme}://{bucket}", tuple(os.environ.get(k) for k in _FS_ENV))
+            return fs, rest.rstrip("/")
         return pafs.FileSystem.from_uri(s)
     except (OSError, ValueError) as err:
         raise _explain(err, s, "open") from None
