@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from clad.data.episode_table import decode_episodes, feature_column
 from clad.data.store import iter_dataset_windows as iter_windows  # noqa: F401  (plain-Python iterator)
-from clad.data.store import DECODE_COLUMNS, load_language, split_dir  # noqa: F401
+from clad import storage
+from clad.data.store import DECODE_COLUMNS, load_language, parquet_file, split_dir, split_files  # noqa: F401
 from clad.data.windows import WindowSpec, iter_window_batches
 from clad.errors import DataError
 
@@ -39,13 +40,12 @@ WINDOW_CPUS = 0.5  # fractional: whole-CPU map tasks starve Train workers on sma
 
 
 def _read_row_groups(batch: dict[str, np.ndarray], columns: list[str] | None, units: bool = False) -> pa.Table:
-    import pyarrow.parquet as pq
-
     from clad.data.feature_set import unit_name
 
     tables = []
     for f, g in zip(batch["file"], batch["row_group"]):
-        t = pq.ParquetFile(str(f)).read_row_group(int(g), columns=columns)
+        # `file` is an absolute path or a URI: the task opens it wherever it runs
+        t = parquet_file(str(f)).read_row_group(int(g), columns=columns)
         if units:  # the episode's feature-set shard name (clad/data/feature_set.py)
             t = t.append_column(UNIT_COLUMN, pa.array([unit_name(f, g)] * t.num_rows))
         tables.append(t)
@@ -60,14 +60,14 @@ def load_split(dataset_dir: str | Path, split: str, columns: Sequence[str] | Non
     task claims a whole CPU, and a Train worker group or a few Tune trials holding more than half of a
     2-CPU machine then leave it unschedulable forever (no error, no progress).
     """
-    import pyarrow.parquet as pq
     import ray
 
-    d = split_dir(dataset_dir, split)
-    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
+    dataset_dir = storage.normalize(dataset_dir)  # absolute or a URI: the map tasks run in other processes
+    files = split_files(dataset_dir, split)
     if not files:
-        raise DataError(f"split '{split}' of {dataset_dir} has no episodes (no Parquet files in {d})")
-    units = [{"file": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+        raise DataError(f"split '{split}' of {dataset_dir} has no episodes "
+                        f"(no Parquet files in {split_dir(dataset_dir, split)})")
+    units = [{"file": str(f), "row_group": g} for f in files for g in range(parquet_file(f).num_row_groups)]
     if shuffle_files:
         np.random.default_rng().shuffle(units)
     cols = None if columns is None else sorted(set(columns) | DECODE_COLUMNS)  # decoding needs the shape columns

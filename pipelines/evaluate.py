@@ -26,6 +26,7 @@ from typing import Callable
 
 import pydantic
 
+from clad import storage
 from clad.errors import CheckpointError, CladError, ConfigError
 from clad.eval.config import RESULT_FIELDS, EvalConfig
 from clad.eval.policy import PolicySpec
@@ -155,7 +156,9 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
     # Every check that can fail runs before anything is written: a refused command leaves no state behind.
     check_policy(cfg)
     tasks = _resolve_tasks(cfg)
-    out = check_folder_arg(out_dir).resolve()
+    # a URI --out: logs are written to a local working copy and uploaded (clad/storage.py WorkingCopy)
+    mirror = storage.WorkingCopy(storage.check_writable(out_dir, "--out")) if storage.is_remote(out_dir) else None
+    out = mirror.local if mirror else check_folder_arg(out_dir).resolve()
     tracking = None
     if use_mlflow:  # the default store lives in <out>/mlflow; an explicit one is checked before <out> is made
         from pipelines.tracking import check_tracking, resolve_tracking
@@ -168,7 +171,8 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
         logs.attach_log_file(out)  # only once every check passed: a refused command leaves no folder behind
         # under the lock: the settings check and the write of eval_config.json are one step
         _check_resume(out, cfg)
-        return _run_locked(cfg, out, tasks, t_start, address=address, tracking=tracking, experiment=experiment,
+        return _run_locked(cfg, out, tasks, t_start, mirror=mirror, address=address, tracking=tracking,
+                           experiment=experiment,
                            on_result=on_result, progress=progress, parent_run_id=parent_run_id)
 
 
@@ -179,8 +183,11 @@ def check_policy(cfg: EvalConfig) -> None:
     from clad.eval.agent_adapter import AgentInputAdapter, checkpoint_config
     from clad.model.checkpoint import inspect_checkpoint
 
-    info = inspect_checkpoint(cfg.policy.checkpoint, expect_stage="stage2", flag="--checkpoint")
-    model_cfg = checkpoint_config(cfg.policy.checkpoint, cfg.policy.runtime)
+    checkpoint = cfg.policy.checkpoint
+    if storage.is_remote(checkpoint):  # wrong bucket / no credentials: say so; then read the node's cached copy
+        checkpoint = str(storage.local_copy(storage.check_readable(checkpoint, "--checkpoint")))
+    info = inspect_checkpoint(checkpoint, expect_stage="stage2", flag="--checkpoint")
+    model_cfg = checkpoint_config(checkpoint, cfg.policy.runtime)
     try:
         AgentInputAdapter(model_cfg.vision.cameras, model_cfg.proprio_keys, model_cfg.lang_dim)
     except (ValueError, KeyError) as err:
@@ -190,7 +197,7 @@ def check_policy(cfg: EvalConfig) -> None:
                  len(info.instructions), (info.dataset_fingerprint or "?")[:12])
 
 
-def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, address, tracking, experiment,
+def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, mirror, address, tracking, experiment,
                 on_result, progress, parent_run_id) -> EvalReport:
     from tqdm import tqdm
 
@@ -252,6 +259,8 @@ def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, addr
                 videos.submit(name, result.frames)
                 result.frames = None
             result_log.append(result)
+            if mirror is not None:
+                mirror.push_throttled([EPISODES_FILE])  # complete objects only, at most every few seconds
             new_results.append(result)
             wins[0] += result.success
             bar.update(1)
@@ -264,6 +273,8 @@ def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, addr
         finally:
             bar.close()
             videos.close()
+            if mirror is not None:  # an interrupted run keeps every finished episode in the bucket too
+                mirror.push([EPISODES_FILE])
         st = pool.stats
         pool_info = {"num_actors": num_actors, "cpus_per_actor": size.cpus_per_actor, "policy_mode": cfg.policy_mode,
                      "server_gpus": server_gpus, "actors_started": st.actors_started,
@@ -298,6 +309,9 @@ def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, addr
     Path(paths["summary"]).write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n")
     plot_success(summary, paths["plot"], title=f"{cfg.suite}: {cfg.policy.kind} ({summary['overall']['n']} episodes)")
     table = format_table(summary)
+    if mirror is not None:  # the summary last, so a summary in the bucket always describes uploaded episodes
+        mirror.push(last=["summary.json"])
+        paths["remote"] = mirror.loc
     if tracking is not None:
         try:
             paths["mlflow_run_id"] = _log_mlflow(cfg, out, doc, paths, tracking, experiment, parent_run_id)
@@ -366,17 +380,17 @@ def _flag_errors(err: pydantic.ValidationError) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    out = Path(args.out) if args.out else default_out_dir(cfg.suite, cfg.policy, cfg.base_seed)
+    out = args.out if args.out else default_out_dir(cfg.suite, cfg.policy, cfg.base_seed)  # a path or a URI
     try:
         report = run_evaluation(cfg, out, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                 address=args.address, use_mlflow=not args.no_mlflow, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished episodes are kept in {out / 'episodes.jsonl'}; "
+        print(f"\ninterrupted: finished episodes are kept in {storage.join(out, 'episodes.jsonl')}; "
               "run the same command again to resume", file=sys.stderr)
         return 130
     from pipelines import logs
 
-    log_file = logs.attach_log_file(out)  # attached by run_evaluation; this returns its path
+    log_file = logs.log_file()  # attached by run_evaluation (in the local working copy for a URI --out)
     t = report.summary["timings"]
     print()
     print(report.table)

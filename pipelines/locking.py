@@ -42,7 +42,14 @@ def _holder(folder: Path) -> str:
 
 @contextlib.contextmanager
 def lock_folder(folder: str | Path, what: str, flag: str = "--out") -> Iterator[Path]:
-    """Hold `folder` exclusively for the block; `what` names the command in the holder record."""
+    """Hold `folder` exclusively for the block; `what` names the command in the holder record.
+
+    Object stores have no locks: for a URI the lock lives in this machine's cache (clad/storage.py lock_file),
+    so it refuses a second writer on the same machine only."""
+    from clad import storage
+
+    if storage.is_remote(folder):
+        folder = storage.lock_file(folder, "lock")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
@@ -64,8 +71,13 @@ def lock_folder(folder: str | Path, what: str, flag: str = "--out") -> Iterator[
         lock.release()
 
 
-def check_folder_arg(path: str | Path, flag: str = "--out") -> Path:
-    """An output folder argument: fine if absent or a folder; a clear error if it names a regular file."""
+def check_folder_arg(path: str | Path, flag: str = "--out") -> Path | str:
+    """An output folder argument: fine if absent or a folder; a clear error if it names a regular file.
+    A URI is returned normalised once a probe object could be written and deleted there."""
+    from clad import storage
+
+    if storage.is_remote(path):
+        return storage.check_writable(storage.normalize(path), flag)
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise CladError(f"{flag} {path} is an existing file, not a folder: pass a folder path (it is created if "

@@ -23,6 +23,7 @@ from typing import Any
 
 import pydantic
 
+from clad import storage
 from clad.config import FrozenConfig, apply_overrides, config_from_dict, deep_merge, read_yaml, save_config
 from clad.data.preprocess_config import PreprocessConfig
 from clad.errors import ConfigError
@@ -83,21 +84,28 @@ class PipelineConfig(FrozenConfig):
         return Path(self.output_dir).resolve()
 
     @property
+    def location(self) -> str:
+        """`output_dir` as an absolute local path or an object-storage URI (clad/storage.py)."""
+        return storage.normalize(self.output_dir)
+
+    @property
     def stages(self) -> tuple[str, ...]:
         probe = self._stage_dict("stage2", Path("<dataset>"), Path("<runs>"), None)
         foresight = probe.get("model", {}).get("policy", {}).get("foresight", "both")
         return ("stage2",) if foresight == "none" else ("stage1", "stage2")
 
-    def _stage_dict(self, stage: str, dataset: Path, runs: Path, stage1_dir: Path | None) -> dict[str, Any]:
+    def _stage_dict(self, stage: str, dataset: str | Path, runs: str | Path,
+                    stage1_dir: str | Path | None) -> dict[str, Any]:
         data = deep_merge(dict(self.train), dict(getattr(self, stage)))
         data.update(stage=stage, dataset_dir=str(dataset), output_dir=str(runs))
         if stage1_dir is not None:
             data["stage1_checkpoint"] = str(stage1_dir)
         return resolve_model_section(data, f"pipeline config '{self.name}', {stage}")
 
-    def stage_config(self, stage: str, dataset: Path, runs: Path, stage1_dir: Path | None = None,
+    def stage_config(self, stage: str, dataset: str | Path, runs: str | Path, stage1_dir: str | Path | None = None,
                      parent_run_id: str | None = None) -> TrainConfig:
-        data = self._stage_dict(stage, dataset, runs, stage1_dir or (runs / "stage1" if stage == "stage2" else None))
+        data = self._stage_dict(stage, dataset, runs,
+                                stage1_dir or (storage.join(runs, "stage1") if stage == "stage2" else None))
         if parent_run_id:
             data["parent_run_id"] = parent_run_id
         cfg = config_from_dict(TrainConfig, data, f"pipeline config '{self.name}', section {stage}")
@@ -105,7 +113,7 @@ class PipelineConfig(FrozenConfig):
             cfg = cfg.replace(stage1_checkpoint=None)
         return cfg.replace(run_name=f"{stage}-{config_hash(cfg)}")
 
-    def eval_config(self, model_dir: Path) -> EvalConfig:
+    def eval_config(self, model_dir: str | Path) -> EvalConfig:
         data = deep_merge({"policy": {"kind": "clad", "checkpoint": str(model_dir)}}, dict(self.eval))
         return config_from_dict(EvalConfig, data, f"pipeline config '{self.name}', section eval")
 
@@ -137,10 +145,11 @@ def load_pipeline_config(name_or_path: str | None, overrides=()) -> PipelineConf
 
 
 def _stage_done(cfg: TrainConfig) -> bool:
-    final, saved = cfg.run_dir / "final" / "model.safetensors", cfg.run_dir / "train_config.json"
-    if not (final.is_file() and saved.is_file()):
+    run = cfg.run_location  # the weights are written last, so a final/ with weights is complete
+    final, saved = storage.join(run, "final", "model.safetensors"), storage.join(run, "train_config.json")
+    if not (storage.is_file(final) and storage.is_file(saved)):
         return False
-    return config_hash(TrainConfig.model_validate(json.loads(saved.read_text()))) == config_hash(cfg)
+    return config_hash(TrainConfig.model_validate(storage.read_json(saved))) == config_hash(cfg)
 
 
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -154,18 +163,21 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
     from pipelines.tracking import resolve_tracking, start_run
     from pipelines.train import run_training
 
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "pipeline_config.json")
+    out = cfg.location  # an absolute local path or a URI
+    if storage.is_remote(out) and not cfg.input_dir:
+        raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
+                          "local disk: set input_dir to LIBERO files on storage every node mounts")
+    storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    storage.write_json(storage.join(out, "pipeline_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     init_ray(address=address)
     tracking = resolve_tracking(out, uri=tracking_uri or cfg.tracking_uri, experiment=cfg.mlflow_experiment)
-    run_file = out / "mlflow_run_id"
-    previous = run_file.read_text().strip() if run_file.is_file() else None
+    run_file = storage.join(out, "mlflow_run_id")
+    previous = storage.read_text(run_file).strip() if storage.is_file(run_file) else None
     summary: dict[str, Any] = {"name": cfg.name, "output_dir": str(out), "steps": {}}
 
     with start_run(tracking, f"pipeline-{cfg.name}", run_id=previous, params=cfg.to_dict(),
                    tags={"clad.kind": "pipeline"}) as run:
-        run_file.write_text(run.info.run_id)
+        storage.write_text(run_file, run.info.run_id)
         parent = run.info.run_id
 
         # 1. demonstrations (only without a user dataset)
@@ -176,9 +188,9 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
             summary["steps"]["demos"] = {"skipped": "input_dir given", "input_dir": str(input_dir)}
         else:
             d = cfg.demos
-            input_dir = out / "demos" / d.suite
+            input_dir = Path(out) / "demos" / d.suite
             log.info("step 1/5: scripted demonstrations -> %s", input_dir)
-            save_config(d, out / "demos" / "demos_config.json")
+            save_config(d, Path(out) / "demos" / "demos_config.json")
             report = run_demos(d.suite, d.tasks, d.episodes_per_task, input_dir, actors=d.actors,
                                image_size=d.image_size, first_init=d.first_init, address=address)
             summary["steps"]["demos"] = {"dir": str(input_dir), "tasks": report}
@@ -188,43 +200,44 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
                 raise RuntimeError(f"the scripted expert produced no successful demonstration in {input_dir}")
 
         # 2. preprocessing (a no-op when inputs and config are unchanged)
-        dataset = out / "dataset"
+        dataset = storage.join(out, "dataset")
         log.info("step 2/5: preprocessing %s -> %s", input_dir, dataset)
         pre = run_preprocess(input_dir, dataset, cfg.preprocess, ray_address=address)
         summary["steps"]["preprocess"] = {"dir": str(dataset), "up_to_date": pre.noop, "counts": pre.manifest["counts"]}
         mlflow.set_tag("clad.dataset_hash", pre.manifest.get("fingerprint", ""))
 
         # 3-4. training stages
-        runs = out / "train"
-        stage_dirs: dict[str, Path] = {}
+        runs = storage.join(out, "train")
+        stage_dirs: dict[str, str] = {}
         for i, stage in enumerate(cfg.stages, start=3):
             scfg = cfg.stage_config(stage, dataset, runs, stage_dirs.get("stage1"), parent_run_id=parent)
             if stage == "stage2" and cfg.cache_features:
                 scfg = _with_feature_cache(scfg, dataset, summary)
-            stage_dirs[stage] = scfg.run_dir
+            stage_dirs[stage] = scfg.run_location
             if _stage_done(scfg):
-                log.info("step %d/5: %s already trained in %s (skipped)", i, stage, scfg.run_dir)
-                summary["steps"][stage] = {"dir": str(scfg.run_dir), "skipped": True}
+                log.info("step %d/5: %s already trained in %s (skipped)", i, stage, scfg.run_location)
+                summary["steps"][stage] = {"dir": scfg.run_location, "skipped": True}
                 continue
-            log.info("step %d/5: %s (%d steps) -> %s", i, stage, scfg.steps, scfg.run_dir)
+            log.info("step %d/5: %s (%d steps) -> %s", i, stage, scfg.steps, scfg.run_location)
             result = run_training(scfg, tracking=tracking)
             if result.error:
                 raise result.error
-            summary["steps"][stage] = {"dir": str(scfg.run_dir), "metrics": _floats(result.metrics)}
+            summary["steps"][stage] = {"dir": scfg.run_location, "metrics": _floats(result.metrics)}
 
         # 5. parallel evaluation (resumes from its episode log)
-        model_dir = stage_dirs["stage2"] / "final"
+        model_dir = storage.join(stage_dirs["stage2"], "final")
         ecfg = cfg.eval_config(model_dir)
         log.info("step 5/5: evaluating %s on %s", model_dir, ecfg.suite)
-        report = run_evaluation(ecfg, out / "eval", tracking_uri=tracking.uri, experiment=cfg.mlflow_experiment,
+        report = run_evaluation(ecfg, storage.join(out, "eval"), tracking_uri=tracking.uri, experiment=cfg.mlflow_experiment,
                                 address=address, parent_run_id=parent)
-        summary["steps"]["eval"] = {"dir": str(report.out_dir), "summary": report.summary["summary"]}
+        summary["steps"]["eval"] = {"dir": report.paths.get("remote", str(report.out_dir)), "summary": report.summary["summary"]}
         summary["table"] = report.table
         overall = report.summary["summary"]["overall"]
         mlflow.log_metric("success_rate/overall", overall["rate"])
         summary["mlflow"] = {"uri": tracking.uri, "run_id": parent, "ui": tracking.ui_command()}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        mlflow.log_artifact(str(out / "summary.json"))
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        storage.write_text(storage.join(out, "summary.json"), text)
+        mlflow.log_text(text, "summary.json")
     return summary
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from clad import storage
 from clad.config import load_config
 from clad.data import outputs
 from clad.data.episode_table import SCHEMA_VERSION
@@ -55,7 +56,7 @@ FEATURE_POOL_SHARE = 0.5  # the feature actor pool may take half the CPUs; the r
 
 @dataclass
 class PreprocessResult:
-    out_dir: Path
+    out_dir: Path | str  # a URI when the dataset lives in object storage
     noop: bool
     manifest: dict
     elapsed_s: float
@@ -80,7 +81,7 @@ class PreprocessResult:
                  f"  image size {self.manifest['image_size'][0]}x{self.manifest['image_size'][1]}, "
                  f"views {self.manifest['views']}, tasks {len(self.manifest['tasks'])}"]
         if c["rejections_by_kind"]:
-            lines.append(f"  see {self.out_dir / outputs.REJECTIONS}")
+            lines.append(f"  see {storage.join(self.out_dir, outputs.REJECTIONS)}")
         return "\n".join(lines)
 
 
@@ -125,8 +126,8 @@ def _write_split(refs: list[dict], split: str, out_dir: Path, cfg: PreprocessCon
 
     from pipelines.ray_runtime import size_pool
 
-    path = out_dir / EPISODES_DIR / split
-    path.mkdir(parents=True, exist_ok=True)
+    path = storage.join(out_dir, EPISODES_DIR, split)  # a URI is written by Ray Data directly
+    storage.makedirs(path)
     if not refs:
         return
     ds = ray.data.from_items(refs, override_num_blocks=len(refs))
@@ -179,8 +180,8 @@ def _feature_dim(out_dir: Path, cfg: PreprocessConfig) -> int | None:
     from clad.data.episode_table import feature_column
 
     for split in SPLITS:
-        for f in sorted((out_dir / EPISODES_DIR / split).glob("*.parquet")):
-            return pq.read_schema(f).field(feature_column(cfg.image_keys[0])).type.value_type.list_size
+        for f in storage.list_files(storage.join(out_dir, EPISODES_DIR, split), ".parquet"):
+            return pq.read_schema(storage.open_input(f)).field(feature_column(cfg.image_keys[0])).type.value_type.list_size
     return None
 
 
@@ -196,9 +197,12 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     t0 = time.perf_counter()
     from pipelines.locking import check_folder_arg
 
-    input_dir, out_dir = Path(input_dir).resolve(), check_folder_arg(out_dir).resolve()
-    if out_dir == input_dir or input_dir in out_dir.parents:
-        raise DataError(f"--out {out_dir} is inside --input {input_dir}: choose an output folder outside the demos")
+    input_dir = Path(input_dir).resolve()
+    out_dir = check_folder_arg(out_dir)  # a URI is probed for writing (wrong bucket, credentials) right here
+    if not storage.is_remote(out_dir):
+        out_dir = out_dir.resolve()
+        if out_dir == input_dir or input_dir in out_dir.parents:
+            raise DataError(f"--out {out_dir} is inside --input {input_dir}: choose an output folder outside the demos")
     source = None
     if is_lerobot_dataset(input_dir):  # format dispatch: a LeRobot dataset has meta/info.json
         from pipelines.preprocess_lerobot import load_source
@@ -236,6 +240,7 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
         init_ray(address=ray_address)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         timings["ray_init"] = time.perf_counter() - t
+        storage.makedirs(out_dir)
         return _build(input_dir, out_dir, cfg, files, infos, fp, timings, t0, readers, feature_actors, source)
 
 

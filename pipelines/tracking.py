@@ -142,7 +142,16 @@ def resolve_tracking(output_root: str | Path, uri: str | None = None, experiment
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return Tracking(uri=uri, experiment=experiment)
-    root = Path(output_root).resolve() / "mlflow"
+    from clad import storage
+
+    if storage.is_remote(output_root):
+        # SQLite cannot live in a bucket: keep the store on this machine (workers of a multi-node cluster
+        # cannot reach it; there, pass --tracking-uri http://<head>:5000 with proxied artifacts)
+        root = storage.cache_root().parent / "mlflow" / storage.name(output_root)
+        log.warning("output %s is in object storage and no tracking URI is set: MLflow runs go to %s on this "
+                    "machine; on a multi-node cluster pass --tracking-uri http://<head>:5000", output_root, root)
+    else:
+        root = Path(output_root).resolve() / "mlflow"
     root.mkdir(parents=True, exist_ok=True)
     artifacts = root / "artifacts"
     artifacts.mkdir(exist_ok=True)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clad import storage
 from clad.errors import ConfigError
 from clad.training.config import TrainConfig, load_train_config
 from pipelines.cli_args import add_cluster_args, add_overrides
@@ -144,7 +145,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             session.restore(d)
         log.info("rank %d resumed from step %d", rank, session.step)
     elif loop_config.get("resume_from"):
-        session.restore(loop_config["resume_from"])
+        session.restore(storage.local_copy(loop_config["resume_from"]))  # a URI is cached on this node
         # another run's checkpoint (e.g. continuing to more steps): this run logs to its own MLflow run
         session.mlflow_run_id = None
         log.info("rank %d resumed from %s at step %d", rank, loop_config["resume_from"], session.step)
@@ -224,11 +225,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         checkpoint = ray.train.Checkpoint.from_directory(tmp)
                     ray.train.report(report, checkpoint=checkpoint)
         if rank == 0 and session.step == cfg.steps:
-            final = Path(loop_config["final_dir"])
-            session.export_model(final)
-            if run_ctx is not None:
-                guard.call(mlflow.log_artifacts, str(final), artifact_path="model")
-                guard.call(mlflow.set_tag, "clad.checkpoint", str(final))
+            final = loop_config["final_dir"]  # a local folder or a URI
+            with tempfile.TemporaryDirectory() as tmp:
+                session.export_model(tmp)
+                # the weights last: `final/` counts as finished (pipeline, clad eval) once they are there
+                storage.upload_dir(tmp, final, last=["model.safetensors"])
+                if run_ctx is not None:
+                    guard.call(mlflow.log_artifacts, tmp, artifact_path="model")
+                    guard.call(mlflow.set_tag, "clad.checkpoint", final)
     except BaseException as err:  # the run ends FAILED (a restored attempt re-opens it as RUNNING)
         if run_ctx is not None:
             guard.call(run_ctx.__exit__, type(err), err, err.__traceback__)
@@ -296,6 +300,8 @@ def check_resume_dir(path: str | Path) -> Path:
     """A `--resume-from` directory as an absolute path; a clear error, on the driver, if it is no training checkpoint."""
     from clad.training.state import META_FILE
 
+    if storage.is_remote(path):
+        return storage.check_readable(storage.normalize(path), "--resume-from", expect=META_FILE)
     directory = Path(path).expanduser().resolve()
     if not (directory / META_FILE).is_file():
         hint = ""
@@ -381,7 +387,7 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     if resume_from is not None:
         resume_from = str(check_resume_dir(resume_from))  # absolute: Ray workers run in another directory
     cfg = with_dataset_conventions(cfg)
-    with lock_folder(cfg.run_dir, f"clad train {cfg.stage}", flag="output_dir/run_name"):
+    with lock_folder(cfg.run_location, f"clad train {cfg.stage}", flag="output_dir/run_name"):
         return _fit(cfg, manifest, tracking=tracking, resume_from=resume_from, callbacks=callbacks,
                     storage_path=storage_path, run_name=run_name, on_eval_result=on_eval_result)
 
@@ -391,11 +397,10 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
     import ray.train
     from ray.train import TrainingFailedError
 
-    from clad.config import save_config
     from pipelines.failure_policy import CladTorchTrainer, training_error
 
-    run_dir = cfg.run_dir
-    save_config(cfg, run_dir / "train_config.json")
+    run_dir = cfg.run_location  # an absolute local path or a URI (checked writable in check_training_inputs)
+    storage.write_json(storage.join(run_dir, "train_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     pool = worker_pool(cfg)  # before building datasets: a bad request fails at once
     sources = data_sources(cfg)  # a mismatched feature set fails here, before any worker starts
     datasets = build_datasets(cfg, sources)
@@ -403,7 +408,7 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         "train": cfg.to_dict(),
         "splits": sorted(sources),
         "sources": sources,
-        "final_dir": str(run_dir / "final"),
+        "final_dir": storage.join(run_dir, "final"),
         "resume_from": resume_from,
         "tracking": tracking.__dict__ if tracking is not None else None,
         "dataset_hash": str(manifest.get("fingerprint", "")),
@@ -414,7 +419,10 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
 
         preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor)
-        evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or run_dir.parent) / (run_name or cfg.name),
+        if storage.is_remote(run_dir):
+            raise ConfigError("eval_every: evaluation during training needs a local (or mounted) output_dir for "
+                              f"now, not {run_dir}: evaluate the bucket's checkpoints with `clad eval`, or unset eval_every")
+        evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or storage.parent(run_dir)) / (run_name or cfg.name),
                                         tracking=tracking, on_result=on_eval_result).start()
     trainer = CladTorchTrainer(
         train_loop_per_worker,
@@ -423,7 +431,7 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": pool.cpus_per_actor, **({"GPU": 1} if cfg.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=run_name or cfg.name, storage_path=storage_path or str(run_dir.parent),
+            name=run_name or cfg.name, storage_path=storage_path or storage.parent(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             callbacks=list(callbacks)),
@@ -480,7 +488,14 @@ def load_cli_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def _mark_killed(tracking, final_dir: Path) -> None:
+def _local_log_dir(cfg: TrainConfig) -> Path:
+    """clad.log beside the run, or in this machine's cache when the run lives in a bucket."""
+    if storage.is_remote(cfg.run_location):
+        return storage.cache_root() / "logs" / cfg.name
+    return Path(cfg.run_location)
+
+
+def _mark_killed(tracking, final_dir: str) -> None:
     """Ctrl-C: the workers are gone, so their MLflow run would stay RUNNING; mark it KILLED."""
     from mlflow.tracking import MlflowClient
 
@@ -508,8 +523,8 @@ def main(args: argparse.Namespace) -> int:
     check_training_inputs(cfg, args.resume_from)  # before starting Ray
     from pipelines import logs
 
-    log_file = logs.attach_log_file(cfg.run_dir)
-    tracking = resolve_tracking(Path(cfg.output_dir), uri=args.tracking_uri or cfg.tracking_uri,
+    log_file = logs.attach_log_file(_local_log_dir(cfg))
+    tracking = resolve_tracking(cfg.output_dir, uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)
     check_tracking(tracking)
     if cfg.parent_run_id:
@@ -525,14 +540,14 @@ def main(args: argparse.Namespace) -> int:
         result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
     except KeyboardInterrupt:
         ray.shutdown()  # stops the workers (and a local cluster) at once
-        _mark_killed(tracking, cfg.run_dir / "final")
+        _mark_killed(tracking, storage.join(cfg.run_location, "final"))
         print(f"\ninterrupted: checkpoints so far are in {cfg.run_dir}; run the same command again to resume",
               file=sys.stderr)
         return 130
     if result.error:
         raise result.error
-    final = cfg.run_dir / "final"
-    done = "done" if (final / "model.safetensors").is_file() else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
+    final = storage.join(cfg.run_location, "final")
+    done = "done" if storage.is_file(storage.join(final, "model.safetensors")) else f"stopped at step {cfg.stop_at_step} (re-run to resume)"
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
     if cfg.eval_every:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from clad import storage
 from clad.config import FrozenConfig, apply_overrides, config_from_dict, read_yaml
 from clad.errors import ConfigError
 from clad.training.closed_loop import ClosedLoopConfig
@@ -127,20 +129,21 @@ def param_space(space: SweepSpace) -> dict[str, Any]:
     return {key: _sampler(*next(iter(spec.items()))) for key, spec in space.space.items()}
 
 
-def trial_train_config(base: dict[str, Any], sampled: dict[str, Any], stage: str, trial_id: str, sweep_dir: Path,
+def trial_train_config(base: dict[str, Any], sampled: dict[str, Any], stage: str, trial_id: str,
+                       sweep_dir: str | Path,
                        parent_run_id: str | None, resources: TrialResources,
                        closed_loop: dict[str, Any] | None = None) -> TrainConfig:
     if stage == "stage2" and closed_loop:  # the closed-loop objective's short stage 2 with rollouts
         base = {**base, **closed_loop}
     overrides = [f"{k}={v}" for k, v in sampled.items()] + [
-        f"stage={stage}", f"run_name={trial_id}-{stage}", f"output_dir={sweep_dir / 'trials'}",
+        f"stage={stage}", f"run_name={trial_id}-{stage}", f"output_dir={storage.join(sweep_dir, 'trials')}",
         f"num_workers={resources.num_workers}", f"cpus_per_worker={resources.cpus_per_worker}",
         f"use_gpu={resources.gpus_per_worker > 0}",
     ]
     if parent_run_id:
         overrides.append(f"parent_run_id={parent_run_id}")
     if stage == "stage2":
-        overrides.append(f"stage1_checkpoint={sweep_dir / 'trials' / f'{trial_id}-stage1'}")
+        overrides.append(f"stage1_checkpoint={storage.join(sweep_dir, 'trials', f'{trial_id}-stage1')}")
     data = apply_overrides(base, overrides, source="sweep")
     return config_from_dict(TrainConfig, resolve_model_section(data, "sweep trial"), f"sweep trial {trial_id}")
 
@@ -159,7 +162,7 @@ def trial_driver(config: dict[str, Any]) -> None:
     stages, _ = OBJECTIVES[ctx["objective"]]
     tracking = Tracking(**ctx["tracking"]) if ctx.get("tracking") else None
     for i, stage in enumerate(stages):
-        cfg = trial_train_config(ctx["base"], sampled, stage, trial_id, Path(ctx["sweep_dir"]), ctx.get("parent_run_id"),
+        cfg = trial_train_config(ctx["base"], sampled, stage, trial_id, ctx["sweep_dir"], ctx.get("parent_run_id"),
                                  TrialResources.model_validate(ctx["resources"]), ctx.get("closed_loop"))
         last = i == len(stages) - 1
         if last and ctx["objective"] == CLOSED_LOOP:
@@ -262,17 +265,18 @@ def _scheduler(space: SweepSpace, metric: str):
     return FIFOScheduler()
 
 
-def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: Path, tracking=None, parent_run_id: str | None = None):
+def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: str | Path, tracking=None,
+              parent_run_id: str | None = None):
     """Run (or resume) the sweep; returns the Tune ResultGrid."""
     from ray import tune
 
     _, metric = OBJECTIVES[space.objective]
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(sweep_dir)  # a local folder or a URI (clad/storage.py)
     ctx = {"base": base, "objective": space.objective, "sweep_dir": str(sweep_dir),
            "resources": space.resources_per_trial.to_dict(), "parent_run_id": parent_run_id,
            "tracking": tracking.__dict__ if tracking else None, "closed_loop": closed_loop_overrides(space)}
     trainable = tune.with_resources(trial_driver, {"CPU": DRIVER_CPUS})
-    tune_path = sweep_dir / "tune"
+    tune_path = storage.join(sweep_dir, "tune")
     if tune.Tuner.can_restore(str(tune_path)):
         log.info("resuming the sweep in %s", tune_path)
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_errored=True,
@@ -292,7 +296,7 @@ def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: Path, tracking
     return tuner.fit()
 
 
-def write_outputs(results, space: SweepSpace, base: dict[str, Any], sweep_dir: Path) -> tuple[Path, Path, list[dict]]:
+def write_outputs(results, space: SweepSpace, base: dict[str, Any], sweep_dir: str | Path) -> tuple[str, str, list[dict]]:
     """results.csv (one row per trial) and best_config.yaml (the best trial's TrainConfig for `clad train`)."""
     _, metric = OBJECTIVES[space.objective]
     rows = []
@@ -307,12 +311,13 @@ def write_outputs(results, space: SweepSpace, base: dict[str, Any], sweep_dir: P
                         "ci95_low": m.get("closed_loop/ci95_low"), "ci95_high": m.get("closed_loop/ci95_high")})
         rows.append(row)
     rows.sort(key=lambda row: (row["objective"] is None, (row["objective"] or 0) * (1 if space.mode == "min" else -1)))
-    table = sweep_dir / "results.csv"
-    with table.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
-    best_path = sweep_dir / "best_config.yaml"
+    table = storage.join(sweep_dir, "results.csv")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial"])
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(table, buf.getvalue())
+    best_path = storage.join(sweep_dir, "best_config.yaml")
     scored = [row for row in rows if row["objective"] is not None]
     if scored:
         best = scored[0]
@@ -320,7 +325,7 @@ def write_outputs(results, space: SweepSpace, base: dict[str, Any], sweep_dir: P
         data = resolve_model_section(data, "best trial")
         data.pop("run_name", None)
         data.pop("parent_run_id", None)
-        best_path.write_text(f"# best trial {best['trial']}: {metric} = {best['objective']:.6g} ({space.mode})\n"
+        storage.write_text(best_path, f"# best trial {best['trial']}: {metric} = {best['objective']:.6g} ({space.mode})\n"
                              + yaml.safe_dump(config_from_dict(TrainConfig, data, "best trial").to_dict(), sort_keys=False))
     return table, best_path, rows
 
@@ -351,26 +356,27 @@ def main(args: argparse.Namespace) -> int:
     check_report_cadence(base_cfg, args.config or "the default train config")
     check_closed_loop(space, base_cfg.to_dict(), args.config or "the default train config")
     base = base_cfg.to_dict()
-    sweep_dir = Path(base_cfg.output_dir).resolve() / (args.name or space.name)
+    sweep_dir = storage.join(storage.normalize(base_cfg.output_dir), args.name or space.name)  # path or URI
+    storage.check_writable(sweep_dir, "output_dir")  # before any trial starts
     from pipelines import logs
 
-    logs.attach_log_file(sweep_dir)
+    logs.attach_log_file(sweep_dir if not storage.is_remote(sweep_dir)
+                         else storage.cache_root() / "logs" / (args.name or space.name))
     init_ray(address=args.address)
     tracking = resolve_tracking(base_cfg.output_dir, uri=args.tracking_uri or base_cfg.tracking_uri,
                                 experiment=base_cfg.mlflow_experiment)
-    run_id_file = sweep_dir / "mlflow_run_id"
-    previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file = storage.join(sweep_dir, "mlflow_run_id")
+    previous = storage.read_text(run_id_file).strip() if storage.is_file(run_id_file) else None
     with start_run(tracking, f"sweep-{args.name or space.name}", run_id=previous, params={"space": space.to_dict()},
                    tags={"clad.kind": "sweep"}) as run:
-        run_id_file.write_text(run.info.run_id)
+        storage.write_text(run_id_file, run.info.run_id)
         results = run_sweep(space, base, sweep_dir, tracking=tracking, parent_run_id=run.info.run_id)
         table, best, rows = write_outputs(results, space, base, sweep_dir)
-        mlflow.log_artifact(str(table))
-        if best.is_file():
-            mlflow.log_artifact(str(best))
+        mlflow.log_text(storage.read_text(table), "results.csv")
+        if storage.is_file(best):
+            mlflow.log_text(storage.read_text(best), "best_config.yaml")
     _print_table(rows)
-    print(f"\nresults: {table}\nbest config: {best if best.is_file() else '(no trial finished)'}")
+    print(f"\nresults: {table}\nbest config: {best if storage.is_file(best) else '(no trial finished)'}")
     print(f"MLflow: {tracking.ui_command()}")
     return 0
 

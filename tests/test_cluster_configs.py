@@ -1,5 +1,6 @@
 """Cluster YAMLs validate against Ray's own cluster-config schema; the KubeRay manifest is well-formed."""
 
+import re
 from pathlib import Path
 
 import jsonschema
@@ -59,3 +60,36 @@ def test_kuberay_rayjob_runs_clad_pipeline_with_token_auth():
     assert groups["cpu-rollout"]["minReplicas"] == 0
     gpu = groups["gpu-train"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["nvidia.com/gpu"] == "1"
+
+
+_IDENTITY = {"aws": lambda nc: "IamInstanceProfile" in nc, "gcp": lambda nc: bool(nc.get("serviceAccounts"))}
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_launcher_nodes_get_storage_credentials_from_a_cloud_identity(path):
+    raw = yaml.safe_load(path.read_text())
+    has_identity = _IDENTITY[raw["provider"]["type"]]
+    for name, node in raw["available_node_types"].items():
+        assert has_identity(node["node_config"]), f"{path.name}: node type {name} has no instance role / service account"
+    text = path.read_text()
+    assert re.search(r"output_dir=(s3|gs)://", text), "the submit example should write to a bucket URI"
+    assert "mount" in " ".join(raw["setup_commands"]), "a shared file system (EFS / Filestore) for input_dir"
+    assert "--serve-artifacts" in " ".join(raw["head_start_ray_commands"])  # workers need no keys for MLflow
+
+
+def test_kuberay_pods_use_a_service_account_and_the_shared_volume():
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["serviceAccountName"] == "clad-ray"
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+        assert claims == {"shared": "clad-shared"} and mounts == {"shared": "/mnt/shared"}
+    assert re.search(r"-o output_dir=(s3|gs)://", job["spec"]["entrypoint"])
+
+
+@pytest.mark.parametrize("path", sorted(CLUSTER.iterdir()), ids=lambda p: p.name)
+def test_no_credentials_in_cluster_files(path):
+    text = path.read_text()
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[:=]|AWS_SECRET_ACCESS_KEY=\S|\"private_key\"", text)

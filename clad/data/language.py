@@ -59,13 +59,18 @@ def encode_instructions(texts: Sequence[str]) -> np.ndarray:
 
 
 def save_embeddings(path: str | Path, embeddings: np.ndarray) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    save_file({TENSOR_NAME: np.ascontiguousarray(embeddings, np.float32)}, str(path), metadata={"model": MODEL_NAME})
+    from clad import storage  # `path` may be a URI
+
+    storage.write_bytes(path, save({TENSOR_NAME: np.ascontiguousarray(embeddings, np.float32)},
+                                   metadata={"model": MODEL_NAME}))
 
 
 def load_embeddings(path: str | Path) -> np.ndarray:
     """(num_tasks, dim) float32, row i = task_index i."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    return load_file(str(path))[TENSOR_NAME]
+    from clad import storage  # `path` may be a URI
+
+    return load(storage.read_bytes(path))[TENSOR_NAME]

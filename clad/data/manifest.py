@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from clad import storage
 from clad.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -85,19 +85,18 @@ def path_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_json(path: Path, doc: Any) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a JSON file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def write_json(path: str | Path, doc: Any) -> None:
+    """Write atomically (temp file + rename, or one complete object in a bucket) so a crash never leaves half
+    a JSON file. `path` may be a local path or a URI (clad/storage.py)."""
+    storage.write_json(path, doc, indent=2, sort_keys=False)
 
 
 def read_manifest(dataset_dir: str | Path) -> dict:
-    path = Path(dataset_dir) / MANIFEST
-    if not path.is_file():
+    path = storage.join(dataset_dir, MANIFEST)  # a local folder or a URI
+    if not storage.is_file(path):
         raise DataError(f"{dataset_dir} is not a preprocessed dataset (no {MANIFEST}); run `clad preprocess` first")
     try:
-        return json.loads(path.read_text())
+        return storage.read_json(path)
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON ({err}); re-run `clad preprocess`") from None
 

@@ -12,15 +12,11 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-
-
-from clad import __version__
-from clad.config import save_config
+from clad import __version__, storage
 from clad.data import language
 from clad.data.conventions import OPENGL
 from clad.data.episode_table import SCHEMA_VERSION, feature_column
@@ -36,23 +32,23 @@ OWNED = (MANIFEST, STATS, TASKS, LANGUAGE, REJECTIONS, "config.json")
 def clear_outputs(out_dir: Path) -> None:
     """Remove what a previous run wrote (manifest first, so a crash mid-way never looks finished); leaves
     any other files in the folder alone."""
-    for name in OWNED:
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / EPISODES_DIR, ignore_errors=True)
+    for name in OWNED:  # `out_dir` may be a local folder or a URI (clad/storage.py)
+        storage.delete(storage.join(out_dir, name))
+    storage.delete(storage.join(out_dir, EPISODES_DIR))
 
 
 def write_rejections(out_dir: Path, plan_or_list) -> None:
     rej = plan_or_list.rejections if isinstance(plan_or_list, Plan) else plan_or_list
-    write_json(out_dir / REJECTIONS, {"count": len(rej), "rejections": [r.to_json() for r in rej]})
+    write_json(storage.join(out_dir, REJECTIONS), {"count": len(rej), "rejections": [r.to_json() for r in rej]})
 
 
 def write_language(out_dir: Path, plan: Plan) -> dict:
     """Embed every task's instruction; returns the language section of the manifest."""
     emb = language.encode_instructions([t.instruction for t in plan.tasks])
-    language.save_embeddings(out_dir / LANGUAGE, emb)
+    language.save_embeddings(storage.join(out_dir, LANGUAGE), emb)
     doc = {"model": language.MODEL_NAME, "dim": int(emb.shape[1]), "normalized": True, "file": LANGUAGE,
            "tensor": language.TENSOR_NAME, "tasks": [t.to_json() for t in plan.tasks]}
-    write_json(out_dir / TASKS, doc)
+    write_json(storage.join(out_dir, TASKS), doc)
     return {k: doc[k] for k in ("model", "dim", "normalized", "file", "tensor")}
 
 
@@ -64,9 +60,9 @@ def write_metadata(out_dir: Path, *, input_dir: Path, cfg: PreprocessConfig, pla
 
     `lowdim_keys` are the low-dim columns written (default: all of the config's), `image_orientation` the
     frames' orientation (clad/data/conventions.py), `extra` format-specific sections (e.g. "lerobot")."""
-    write_json(out_dir / STATS, plan.stats)
+    write_json(storage.join(out_dir, STATS), plan.stats)
     write_rejections(out_dir, plan)
-    save_config(cfg, out_dir / "config.json")
+    storage.write_json(storage.join(out_dir, "config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     image_keys = cfg.image_keys
     lowdim = cfg.lowdim_keys if lowdim_keys is None else tuple(lowdim_keys)
     columns = {"image": list(image_keys), "actions": 7, "lowdim": {k: LOWDIM_KEYS[k] for k in lowdim}}
@@ -97,12 +93,13 @@ def write_metadata(out_dir: Path, *, input_dir: Path, cfg: PreprocessConfig, pla
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         **(extra or {}),
     }
-    write_json(out_dir / MANIFEST, manifest)
+    write_json(storage.join(out_dir, MANIFEST), manifest)
     return manifest
 
 
 def shard_listing(out_dir: Path) -> dict[str, list[str]]:
-    return {s: sorted(p.name for p in (out_dir / EPISODES_DIR / s).glob("*.parquet")) for s in SPLITS}
+    return {s: [storage.name(f) for f in storage.list_files(storage.join(out_dir, EPISODES_DIR, s), ".parquet")]
+            for s in SPLITS}
 
 
 __all__ = ["clear_outputs", "write_rejections", "write_language", "write_metadata", "shard_listing"]

@@ -17,6 +17,7 @@ from clad.data.episode_table import decode_episodes
 from clad.data.language import load_embeddings
 from clad.data.manifest import EPISODES_DIR, LANGUAGE, SPLITS, read_manifest
 from clad.data.windows import WindowSpec, iter_window_batches
+from clad import storage
 from clad.errors import DataError
 
 
@@ -24,34 +25,39 @@ from clad.errors import DataError
 DECODE_COLUMNS = {"episode_id", "task_index", "length", "image_height", "image_width"}
 
 
-def split_dir(dataset_dir: str | Path, split: str) -> Path:
+def split_dir(dataset_dir: str | Path, split: str) -> str:
+    """The split's folder: a local path or a URI (clad/storage.py), like `dataset_dir`."""
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'; choose from {list(SPLITS)}")
     read_manifest(dataset_dir)  # fails clearly on a folder that is not a finished dataset
-    return Path(dataset_dir) / EPISODES_DIR / split
+    return storage.join(dataset_dir, EPISODES_DIR, split)
 
 
-def split_files(dataset_dir: str | Path, split: str) -> list[Path]:
-    d = split_dir(dataset_dir, split)
-    return sorted(d.glob("*.parquet")) if d.is_dir() else []
+def split_files(dataset_dir: str | Path, split: str) -> list[str]:
+    return storage.list_files(split_dir(dataset_dir, split), ".parquet")
+
+
+def parquet_file(loc: str | Path) -> pq.ParquetFile:
+    """A Parquet file at a local path or a URI."""
+    return pq.ParquetFile(storage.open_input(loc))
 
 
 def iter_episodes(dataset_dir: str | Path, split: str, columns: Sequence[str] | None = None,
                   shuffle_seed: int | None = None) -> Iterator[dict[str, Any]]:
     """Decoded episode rows of one split. With `shuffle_seed`, row groups are visited in a seeded random order."""
-    units = [(f, g) for f in split_files(dataset_dir, split) for g in range(pq.ParquetFile(f).num_row_groups)]
+    units = [(f, g) for f in split_files(dataset_dir, split) for g in range(parquet_file(f).num_row_groups)]
     if shuffle_seed is not None:
         np.random.default_rng(shuffle_seed).shuffle(units)
-    open_files: dict[Path, pq.ParquetFile] = {}
+    open_files: dict[str, pq.ParquetFile] = {}
     for f, g in units:
-        pf = open_files.get(f) or open_files.setdefault(f, pq.ParquetFile(f))
+        pf = open_files.get(f) or open_files.setdefault(f, parquet_file(f))
         cols = None if columns is None else sorted(set(columns) | DECODE_COLUMNS)
         yield from decode_episodes(pf.read_row_group(g, columns=cols))
 
 
 def load_language(dataset_dir: str | Path) -> np.ndarray:
     """(num_tasks, E) float32; row i is the embedding of task_index i."""
-    return load_embeddings(Path(dataset_dir) / LANGUAGE)
+    return load_embeddings(storage.join(dataset_dir, LANGUAGE))
 
 
 def iter_dataset_windows(dataset_dir: str | Path, split: str, spec: WindowSpec, shuffle_seed: int | None = None,

@@ -29,7 +29,10 @@ def make_policy(spec: PolicySpec) -> RolloutPolicy:
 
         return ExpertPolicy()
     if spec.kind == "clad":
+        from clad import storage
         from clad.eval.agent_adapter import CladAgentPolicy
 
-        return CladAgentPolicy.from_checkpoint(spec.checkpoint, device=spec.device, runtime=spec.runtime)
+        # a URI is downloaded once per node into the cache and shared by that node's env actors
+        checkpoint = str(storage.local_copy(spec.checkpoint))
+        return CladAgentPolicy.from_checkpoint(checkpoint, device=spec.device, runtime=spec.runtime)
     raise ConfigError(f"unknown policy kind {spec.kind!r}")

@@ -117,7 +117,15 @@ class TrainConfig(FrozenConfig):
 
     @property
     def run_dir(self) -> Path:
+        """The run folder on a local (or mounted) file system; see `run_location` for URIs."""
         return Path(self.output_dir).resolve() / self.name
+
+    @property
+    def run_location(self) -> str:
+        """The run folder as an absolute local path or an object-storage URI (clad/storage.py)."""
+        from clad import storage
+
+        return storage.join(storage.normalize(self.output_dir), self.name)
 
     @property
     def per_worker_batch(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from clad import storage
 from clad.config import save_config
 from clad.errors import CheckpointError, DataError
 from clad.model.checkpoint import dataset_identity, load_checkpoint, load_stage1_vision, save_checkpoint
@@ -40,10 +41,10 @@ TRAIN_CONFIG = "train_config.json"
 def model_stats(dataset_dir: str | Path, proprio_keys: Iterable[str]) -> dict[str, dict[str, list[float]]]:
     """The normaliser's statistics from a preprocessed dataset's stats.json: the configured proprio keys
     concatenated in order, and the actions."""
-    path = Path(dataset_dir) / "stats.json"
-    if not path.is_file():
+    path = storage.join(dataset_dir, "stats.json")  # a local folder or a URI
+    if not storage.is_file(path):
         raise DataError(f"{path} is missing: {dataset_dir} is not a dataset written by `clad preprocess`")
-    per_key = json.loads(path.read_text())["keys"]
+    per_key = storage.read_json(path)["keys"]
     missing = [k for k in [*proprio_keys, "actions"] if k not in per_key]
     if missing:
         raise DataError(f"{path} has no statistics for {missing}; re-run `clad preprocess` or change model.proprio_keys")
@@ -213,12 +214,12 @@ def _model_dir(path: str | Path | None) -> Path:
     """A stage output directory may be given as the run directory; the model lives in its `final/`."""
     if path is None:
         raise CheckpointError("no stage-1 checkpoint given (TrainConfig.stage1_checkpoint)")
-    p = Path(path)
-    if (p / "model.safetensors").is_file():
-        return p
-    if (p / "final" / "model.safetensors").is_file():
-        return p / "final"
-    raise CheckpointError(f"{p} holds no model.safetensors (nor {p / 'final'}): pass the directory written by "
+    p = str(path)  # a local folder or a URI; a remote one is copied to this node's cache once
+    if storage.is_file(storage.join(p, "model.safetensors")):
+        return storage.local_copy(p)
+    if storage.is_file(storage.join(p, "final", "model.safetensors")):
+        return storage.local_copy(storage.join(p, "final"))
+    raise CheckpointError(f"{p} holds no model.safetensors (nor {storage.join(p, 'final')}): pass the directory written by "
                           "`clad train stage1` (its final/ folder or a checkpoint folder)")
 
 

@@ -1,0 +1,457 @@
+"""One small filesystem layer for every location a user gives: a local path or an object-storage URI.
+
+    loc = "s3://my-bucket/runs/libero10"          # or gs://..., or /mnt/efs/runs, or runs/ (local)
+    check_writable(loc, "output_dir")             # before any work: names the location and the fix
+    write_json(join(loc, "summary.json"), doc)    # atomic: temp + rename locally, one complete PUT remotely
+    local = local_copy(join(loc, "stage2/final")) # a per-node cached copy of a remote folder (checkpoints)
+
+URIs are resolved by `pyarrow.fs.FileSystem.from_uri` (s3://, gs://, hdfs://, abfs://, ...), so credentials
+and endpoints come from the standard places: an instance role / service account on a cloud node, or the
+AWS / Google environment variables (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for an S3-compatible
+server such as MinIO). Nothing here imports Ray; Ray tasks receive locations as strings and call these
+functions where they run, so no worker ever depends on a path that only exists on the driver.
+
+Atomicity: a local write goes to a temp file that is renamed over the target; an object-store write is one
+object made visible only when its upload completes. Readers that decide whether work is finished
+(manifest.json, summary.json, final/model.safetensors) can therefore trust any object they see whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from clad.errors import CladError
+
+__all__ = ["StorageError", "is_remote", "normalize", "join", "name", "parent", "filesystem", "exists", "is_file",
+           "is_dir", "list_files", "read_bytes", "read_text", "read_json", "write_bytes", "write_text",
+           "write_json", "open_input", "delete", "makedirs", "upload_dir", "download_dir", "local_copy",
+           "cache_root", "check_readable", "check_writable", "lock_file", "WorkingCopy"]
+
+CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node (default ~/.cache/clad)
+
+
+class StorageError(CladError, OSError):
+    """A location cannot be read or written: wrong bucket, missing credentials, no permission, read-only."""
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.fix = fix or message
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+# ------------------------------------------------------------------------------------------------ locations
+
+def is_remote(loc: str | os.PathLike) -> bool:
+    """True for an object-storage (or any non-local) URI such as s3://bucket/key."""
+    s = str(loc)
+    return "://" in s and not s.startswith("file://")
+
+
+def normalize(loc: str | os.PathLike) -> str:
+    """A URI without trailing slash, or an absolute local path (so it means the same in every process)."""
+    s = str(loc)
+    if is_remote(s):
+        scheme, rest = s.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}"
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    return str(Path(s).expanduser().resolve())
+
+
+def join(loc: str | os.PathLike, *parts: str) -> str:
+    s = str(loc)
+    if is_remote(s):
+        return "/".join([s.rstrip("/"), *(str(p).strip("/") for p in parts)])
+    return str(Path(s, *parts))
+
+
+def name(loc: str | os.PathLike) -> str:
+    return str(loc).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(loc: str | os.PathLike) -> str:
+    s = str(loc)
+    if is_remote(s):
+        return s.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(s).parent)
+
+
+# settings that change how a bucket is reached: a cached filesystem is reused only while they are unchanged
+_FS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+           "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_filesystem(bucket_uri: str, settings: tuple):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(bucket_uri)[0]
+
+
+def filesystem(loc: str | os.PathLike):
+    """(pyarrow FileSystem, path inside it) for a location.
+
+    For s3:// and gs:// one filesystem per bucket is cached: building one resolves credentials (an instance
+    metadata call on a cloud node) and the bucket's region, which would otherwise happen on every read."""
+    import pyarrow.fs as pafs
+
+    s = str(loc)
+    if not is_remote(s):
+        return pafs.LocalFileSystem(), normalize(s)
+    scheme, rest = s.split("://", 1)
+    try:
+        if scheme in ("s3", "gs", "gcs"):
+            bucket = rest.split("/", 1)[0]
+            fs = _bucket_filesystem(f"{scheme}://{bucket}", tuple(os.environ.get(k) for k in _FS_ENV))
+            return fs, rest.rstrip("/")
+        return pafs.FileSystem.from_uri(s)
+    except (OSError, ValueError) as err:
+        raise _explain(err, s, "open") from None
+
+
+# ------------------------------------------------------------------------------------------------ queries
+
+def _info(loc: str):
+    fs, path = filesystem(loc)
+    try:
+        return fs.get_file_info(path)
+    except OSError as err:
+        raise _explain(err, loc, "read") from None
+
+
+def exists(loc: str | os.PathLike) -> bool:
+    import pyarrow.fs as pafs
+
+    return _info(str(loc)).type != pafs.FileType.NotFound
+
+
+def is_file(loc: str | os.PathLike) -> bool:
+    import pyarrow.fs as pafs
+
+    return _info(str(loc)).type == pafs.FileType.File
+
+
+def is_dir(loc: str | os.PathLike) -> bool:
+    import pyarrow.fs as pafs
+
+    return _info(str(loc)).type == pafs.FileType.Directory
+
+
+def _walk(loc: str, recursive: bool):
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(loc)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+    except OSError as err:
+        raise _explain(err, loc, "list") from None
+    return [i for i in infos if i.type == pafs.FileType.File], path
+
+
+def list_files(loc: str | os.PathLike, suffix: str = "", recursive: bool = False) -> list[str]:
+    """Sorted locations of the files in folder `loc` ending with `suffix` ([] when the folder is missing)."""
+    loc = str(loc)
+    files, root = _walk(loc, recursive)
+    rels = sorted(i.path[len(root):].lstrip("/") for i in files if i.path.endswith(suffix))
+    return [join(loc, r) for r in rels if not name(r).startswith(".")]
+
+
+# ------------------------------------------------------------------------------------------------ bytes
+
+def read_bytes(loc: str | os.PathLike) -> bytes:
+    fs, path = filesystem(loc)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise _explain(err, str(loc), "read") from None
+
+
+def read_text(loc: str | os.PathLike) -> str:
+    return read_bytes(loc).decode("utf-8")
+
+
+def read_json(loc: str | os.PathLike) -> Any:
+    return json.loads(read_text(loc))
+
+
+def open_input(loc: str | os.PathLike):
+    """A seekable pyarrow file (for pyarrow.parquet.ParquetFile); local paths open directly."""
+    fs, path = filesystem(loc)
+    try:
+        return fs.open_input_file(path)
+    except OSError as err:
+        raise _explain(err, str(loc), "read") from None
+
+
+def write_bytes(loc: str | os.PathLike, data: bytes) -> str:
+    """Write `data` as the whole content of `loc`, atomically (see the module docstring)."""
+    s = str(loc)
+    if not is_remote(s):
+        path = Path(normalize(s))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return str(path)
+    fs, path = filesystem(s)
+    try:
+        # the object becomes visible only when the upload completes: never half an object
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    except OSError as err:
+        raise _explain(err, s, "write") from None
+    return s
+
+
+def write_text(loc: str | os.PathLike, text: str) -> str:
+    return write_bytes(loc, text.encode("utf-8"))
+
+
+def write_json(loc: str | os.PathLike, doc: Any, **dumps: Any) -> str:
+    dumps.setdefault("indent", 2)
+    return write_text(loc, json.dumps(doc, **dumps) + "\n")
+
+
+def makedirs(loc: str | os.PathLike) -> None:
+    """Create a local folder; object stores have no folders, so nothing to do there."""
+    if not is_remote(loc):
+        Path(normalize(loc)).mkdir(parents=True, exist_ok=True)
+
+
+def delete(loc: str | os.PathLike, missing_ok: bool = True) -> None:
+    """Remove a file or a whole folder."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(loc)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+        elif not missing_ok:
+            raise FileNotFoundError(str(loc))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    except OSError as err:
+        raise _explain(err, str(loc), "delete") from None
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+def upload_dir(local_dir: str | Path, loc: str | os.PathLike, last: Iterable[str] = ()) -> str:
+    """Copy every file under `local_dir` to `loc`. Files named in `last` (relative names) are written after
+    all others, so a reader that checks for them never sees a half-copied folder."""
+    local_dir = Path(local_dir)
+    last = list(last)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    order = [p for p in files if p.relative_to(local_dir).as_posix() not in last]
+    order += [local_dir / n for n in last if (local_dir / n).is_file()]
+    for p in order:
+        write_bytes(join(loc, p.relative_to(local_dir).as_posix()), p.read_bytes())
+    return str(loc)
+
+
+def download_dir(loc: str | os.PathLike, local_dir: str | Path) -> Path:
+    local_dir = Path(local_dir)
+    loc = str(loc)
+    files, root = _walk(loc, recursive=True)
+    fs, _ = filesystem(loc)
+    for info in files:
+        rel = info.path[len(root):].lstrip("/")
+        dst = local_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out, length=8 << 20)
+    return local_dir
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clad").expanduser() / "storage"
+
+
+def local_copy(loc: str | os.PathLike) -> Path:
+    """A local folder with the content of `loc`: the path itself when local, otherwise a copy cached on this
+    node under `cache_root()`, keyed by the URI and the size and modification time of every file, so env
+    actors of one node download a checkpoint once and a rewritten checkpoint is fetched again."""
+    s = str(loc)
+    if not is_remote(s):
+        return Path(normalize(s))
+    files, root = _walk(s, recursive=True)
+    if not files:
+        raise StorageError(f"{s} holds no files: check the location (a checkpoint folder written by `clad train`)")
+    h = hashlib.sha256(normalize(s).encode())
+    for i in sorted(files, key=lambda i: i.path):
+        h.update(f"\0{i.path}\0{i.size}\0{i.mtime_ns}".encode())
+    target = cache_root() / f"{name(s)}-{h.hexdigest()[:16]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        download_dir(s, tmp)
+        try:
+            os.rename(tmp, target)  # atomic: concurrent actors on one node either win or find it complete
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ pre-flight
+
+def check_readable(loc: str | os.PathLike, what: str, expect: str = "") -> str:
+    """Raise StorageError naming `what` (e.g. "--checkpoint") and the fix when `loc` cannot be read or does
+    not exist. `expect` names a file that must be inside it (e.g. "model.safetensors"). Returns `loc`."""
+    s = str(loc)
+    target = join(s, expect) if expect else s
+    try:
+        found = exists(target)
+    except StorageError as err:
+        raise StorageError(f"{what} {s}: {err.fix}", err.fix) from None
+    if not found:
+        where = f"{target} does not exist" if expect else "does not exist"
+        raise StorageError(f"{what} {s}: {where}; check the location (and, for a URI, the bucket and prefix)")
+    return s
+
+
+def check_writable(loc: str | os.PathLike, what: str) -> str:
+    """Write and delete a small probe object under `loc`; raise StorageError naming `what`, the location
+    and the fix when that fails. Runs on the driver before any work starts. Returns `loc`."""
+    s = str(loc)
+    probe = join(s, f".clad-write-check-{uuid.uuid4().hex[:12]}")
+    try:
+        if not is_remote(s):
+            makedirs(s)
+        write_bytes(probe, b"ok")
+        delete(probe)
+    except OSError as err:  # StorageError included
+        fix = err.fix if isinstance(err, StorageError) else _explain(err, s, "write").fix
+        raise StorageError(f"{what} {s} is not writable: {fix}", fix) from None
+    return s
+
+
+def _explain(err: BaseException, loc: str, action: str) -> StorageError:
+    """Turn a pyarrow / OS error into a message with the fix."""
+    import errno
+
+    text = str(err)
+    low = text.lower()
+    bucket = loc.split("://", 1)[1].split("/", 1)[0] if is_remote(loc) else ""
+    if "no_such_bucket" in low or "nosuchbucket" in low or "bucket does not exist" in low or "bucket not found" in low:
+        fix = (f"bucket '{bucket}' does not exist or is in another account: create it (e.g. `aws s3 mb s3://{bucket}`) "
+               "or fix the URI")
+    elif any(k in low for k in ("invalidaccesskeyid", "signaturedoesnotmatch", "no credentials",
+                                "unable to locate credentials", "invalid_access_key", "invalidclienttokenid",
+                                "missing authentication", "expiredtoken")):
+        fix = ("no valid credentials: on a cluster give the nodes an instance role (AWS) or service account (GCP) "
+               "with access to the bucket; locally set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+               "or GOOGLE_APPLICATION_CREDENTIALS")
+    elif "access_denied" in low or "accessdenied" in low or "access denied" in low or "forbidden" in low \
+            or isinstance(err, PermissionError):
+        fix = (f"permission denied to {action}: grant the instance role / service account (or the local user) "
+               f"{action} access to this location, or choose another one")
+    elif getattr(err, "errno", None) == errno.EROFS or "read-only" in low:
+        fix = "the location is read-only: choose a writable location"
+    elif "connect" in low or "curl" in low or "endpoint" in low or "timeout" in low:
+        fix = ("the storage endpoint cannot be reached: check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and the "
+               "network")
+    elif is_remote(loc) and loc.startswith("s3://") and not _aws_credentials_visible():
+        fix = ("no AWS credentials found: on a cluster give the nodes an instance role with access to the bucket; "
+               "locally set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+    else:
+        fix = f"cannot {action} it ({text.splitlines()[0] if text else type(err).__name__})"
+    return StorageError(f"{loc}: {fix}", fix)
+
+
+def _aws_credentials_visible() -> bool:
+    """Whether any source of the AWS default credential chain is configured (anonymous requests otherwise)."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE") \
+            or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return True
+    if Path(env.get("AWS_SHARED_CREDENTIALS_FILE", Path.home() / ".aws" / "credentials")).expanduser().is_file():
+        return True
+    return env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true"  # an instance role may answer
+
+
+def lock_file(loc: str | os.PathLike, lock_name: str) -> str:
+    """Where to put a lock file guarding `loc`: inside it when local; object stores have no locks, so for a
+    URI a file in this machine's cache (it guards against a second writer on the same machine only)."""
+    if not is_remote(loc):
+        return join(normalize(loc), lock_name)
+    d = cache_root() / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d / f"{hashlib.sha256(normalize(loc).encode()).hexdigest()[:16]}-{lock_name.lstrip('.')}")
+
+
+class WorkingCopy:
+    """A local working folder for outputs that live at a URI and grow while a job runs (evaluation logs).
+
+    Appending to an object is impossible, so files are written locally and uploaded whole: `pull()` (done on
+    creation) fetches what an earlier run uploaded, `push()` uploads files, each as one complete object.
+    A local file larger than its uploaded version (a run on this machine that stopped before its upload)
+    is kept, since append-only logs only grow. Local-only bookkeeping (`mlflow/`, `mlflow_run.json`) stays.
+    """
+
+    LOCAL_ONLY = ("mlflow/", "mlflow_run.json")
+
+    def __init__(self, loc: str, throttle_s: float = 10.0):
+        self.loc = normalize(loc)
+        digest = hashlib.sha256(self.loc.encode()).hexdigest()[:16]
+        self.local = cache_root().parent / "work" / f"{name(self.loc)}-{digest}"
+        self.local.mkdir(parents=True, exist_ok=True)
+        self.throttle_s = throttle_s
+        self._last_push = 0.0
+        self.pull()
+
+    def pull(self) -> None:
+        files, root = _walk(self.loc, recursive=True)
+        fs, _ = filesystem(self.loc)
+        for info in files:
+            rel = info.path[len(root):].lstrip("/")
+            dst = self.local / rel
+            if dst.is_file() and dst.stat().st_size >= info.size:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.part")
+            with fs.open_input_stream(info.path) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, length=8 << 20)
+            os.replace(tmp, dst)
+
+    def push(self, names: Iterable[str] | None = None, last: Iterable[str] = ()) -> None:
+        """Upload `names` (relative; default every file), the ones in `last` after all others."""
+        import time
+
+        last = list(last)
+        if names is None:
+            names = [p.relative_to(self.local).as_posix() for p in sorted(self.local.rglob("*")) if p.is_file()]
+        names = [n for n in names if not n.startswith(self.LOCAL_ONLY) and not name(n).startswith(".")]
+        for n in [n for n in names if n not in last] + [n for n in last if (self.local / n).is_file()]:
+            if (self.local / n).is_file():
+                write_bytes(join(self.loc, n), (self.local / n).read_bytes())
+        self._last_push = time.monotonic()
+
+    def push_throttled(self, names: Iterable[str]) -> bool:
+        import time
+
+        if time.monotonic() - self._last_push < self.throttle_s:
+            return False
+        self.push(list(names))
+        return True

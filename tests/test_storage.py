@@ -1,0 +1,359 @@
+"""Object-storage locations end to end, against an S3-compatible server (moto's server mode on 127.0.0.1;
+no real cloud is reachable here) that checks credentials and IAM policies like S3 does.
+
+The driver runs from its own folder that the Ray workers may not read (tests/storage_hooks.py refuses and
+records any worker access to it), so nothing silently depends on a path only the driver's machine has:
+the dataset, the checkpoints and the evaluation outputs all live in the bucket; only the raw LIBERO files
+(a shared mount in production) and the MLflow store (the head's tracking server) are outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from clad import storage
+from clad.storage import StorageError
+from libero_files import write_demo_file
+
+BUCKET = "clad-test"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------- S3 server
+
+def _iam_user(iam, name: str, actions: list[str]) -> tuple[str, str]:
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="access", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 + IAM on a free port: bucket `clad-test`, a read-write and a read-only user, then
+    authentication switched on (unknown keys, unsigned requests and denied actions fail as on S3)."""
+    import boto3
+    import moto.settings
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="admin", aws_secret_access_key="x")
+    boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
+    iam = boto3.client("iam", **admin)
+    users = {"writer": _iam_user(iam, "writer", ["s3:*"]),
+             "reader": _iam_user(iam, "reader", ["s3:GetObject", "s3:ListBucket"])}
+    before = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    yield {"endpoint": endpoint, **users}
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = before
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def env(s3, tmp_path_factory):
+    """The standard AWS variables a user sets for an S3-compatible endpoint, and the test's folders."""
+    root = tmp_path_factory.mktemp("s3env")
+    dirs = {k: root / k for k in ("driver", "shared", "node_cache")}
+    for d in dirs.values():
+        d.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL_S3", s3["endpoint"])
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role here: do not wait for one
+        mp.setenv("AWS_ACCESS_KEY_ID", s3["writer"][0])
+        mp.setenv("AWS_SECRET_ACCESS_KEY", s3["writer"][1])
+        mp.setenv("CLAD_CACHE_DIR", str(dirs["driver"] / "cache"))
+        yield {"mp": mp, **dirs}
+
+
+def _use_keys(mp, keys):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        mp.delenv(var, raising=False)
+    if keys:
+        mp.setenv("AWS_ACCESS_KEY_ID", keys[0])
+        mp.setenv("AWS_SECRET_ACCESS_KEY", keys[1])
+
+
+# ----------------------------------------------------------------------------------------------- the layer
+
+def test_atomic_json_list_and_delete(env):
+    base = f"s3://{BUCKET}/unit"
+    storage.write_json(storage.join(base, "a", "doc.json"), {"x": 1})
+    storage.write_bytes(storage.join(base, "a", "b.parquet"), b"PAR1")
+    assert storage.read_json(f"{base}/a/doc.json") == {"x": 1}
+    assert storage.list_files(f"{base}/a", ".parquet") == [f"{base}/a/b.parquet"]
+    assert storage.is_file(f"{base}/a/doc.json") and not storage.exists(f"{base}/nothing")
+    storage.delete(f"{base}/a")
+    assert storage.list_files(f"{base}/a") == []
+    local = env["shared"] / "unit"
+    storage.write_json(local / "doc.json", {"y": 2})
+    assert json.loads((local / "doc.json").read_text()) == {"y": 2}
+    assert [p.name for p in local.iterdir()] == ["doc.json"]  # no temp file left behind
+
+
+def test_local_copy_is_cached_per_node_and_refreshed_when_the_folder_changes(env):
+    base = f"s3://{BUCKET}/ckpt"
+    storage.write_bytes(f"{base}/model.safetensors", b"v1")
+    storage.write_json(f"{base}/config.json", {})
+    first = storage.local_copy(base)
+    assert (first / "model.safetensors").read_bytes() == b"v1"
+    assert first.is_relative_to(env["driver"] / "cache")
+    assert storage.local_copy(base) == first  # cached: same folder, nothing downloaded again
+    storage.write_bytes(f"{base}/model.safetensors", b"v2-longer")
+    second = storage.local_copy(base)
+    assert second != first and (second / "model.safetensors").read_bytes() == b"v2-longer"
+    assert storage.local_copy(env["shared"]) == env["shared"]  # local folders are used in place
+
+
+def test_working_copy_uploads_complete_objects_and_keeps_the_longer_log(env):
+    loc = f"s3://{BUCKET}/wc"
+    wc = storage.WorkingCopy(loc)
+    (wc.local / "episodes.jsonl").write_text('{"a": 1}\n')
+    (wc.local / "summary.json").write_text("{}")
+    (wc.local / "mlflow_run.json").write_text("{}")
+    wc.push(last=["summary.json"])
+    assert storage.read_text(f"{loc}/episodes.jsonl") == '{"a": 1}\n'
+    assert not storage.exists(f"{loc}/mlflow_run.json")  # machine-local bookkeeping stays local
+    (wc.local / "episodes.jsonl").write_text('{"a": 1}\n{"b": 2}\n')  # grew after the last upload
+    again = storage.WorkingCopy(loc)
+    assert (again.local / "episodes.jsonl").read_text().count("\n") == 2
+    storage.delete(storage.join(loc, "episodes.jsonl"))
+    storage.write_text(f"{loc}/episodes.jsonl", '{"a": 1}\n{"b": 2}\n{"c": 3}\n')  # uploaded elsewhere
+    assert (storage.WorkingCopy(loc).local / "episodes.jsonl").read_text().count("\n") == 3
+
+
+@pytest.mark.parametrize("case", ["wrong_bucket", "unknown_keys", "read_only", "no_credentials"])
+def test_preflight_names_the_location_and_the_fix(env, s3, case):
+    mp = env["mp"]
+    loc = f"s3://{BUCKET}/out"
+    storage.write_json(f"s3://{BUCKET}/published/doc.json", {})
+    if case == "wrong_bucket":
+        loc, expect = "s3://no-such-bucket/out", "bucket 'no-such-bucket' does not exist"
+    elif case == "unknown_keys":
+        _use_keys(mp, ("AKIAUNKNOWN000000000", "wrong"))
+        expect = "no valid credentials"
+    elif case == "read_only":
+        _use_keys(mp, s3["reader"])
+        expect = "permission denied to write"
+    else:
+        _use_keys(mp, None)
+        expect = "no AWS credentials found"
+    try:
+        with pytest.raises(StorageError) as err:
+            storage.check_writable(loc, "output_dir")
+        msg = str(err.value)
+        assert msg.startswith(f"output_dir {loc} is not writable:") and expect in msg, msg
+        if case == "read_only":
+            assert storage.read_json(f"s3://{BUCKET}/published/doc.json") == {}  # reading is allowed
+    finally:
+        _use_keys(mp, s3["writer"])
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+
+@pytest.fixture(scope="module")
+def ray_guarded(env):
+    """A Ray instance whose workers refuse the driver's folder (tests/storage_hooks.py); the driver then
+    works from that folder. Ray is restarted so its workers inherit the S3 settings above."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    violations = env["shared"] / "violations.txt"
+    ray.init(num_cpus=2, object_store_memory=1 << 30, logging_level=logging.ERROR, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": "storage_hooks.forbid_driver_folder",
+                          "env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+                                       "CLAD_FORBIDDEN_DIR": str(env["driver"]),
+                                       "CLAD_VIOLATIONS_FILE": str(violations),
+                                       "CLAD_CACHE_DIR": str(env["node_cache"])}})
+    env["mp"].chdir(env["driver"])
+    yield {"violations": violations}
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tracking(env):
+    from pipelines.tracking import resolve_tracking
+
+    return resolve_tracking(env["shared"] / "tracking", experiment="test-storage")  # the head's server
+
+
+@pytest.fixture(scope="module")
+def dataset(env, ray_guarded):
+    from clad.data.preprocess_config import PreprocessConfig
+    from pipelines.preprocess import run_preprocess
+
+    raw = env["shared"] / "raw"  # LIBERO downloads sit on a shared mount (input_dir)
+    for i in range(2):
+        write_demo_file(raw, f"task_{i}", lengths=(24, 32, 28, 20), image_size=32, seed=i)
+    uri = f"s3://{BUCKET}/ds"
+    first = run_preprocess(raw, uri, PreprocessConfig(val_fraction=0.25))
+    again = run_preprocess(raw, uri, PreprocessConfig(val_fraction=0.25))
+    return {"uri": uri, "first": first, "again": again}
+
+
+def test_preprocess_into_a_bucket(dataset):
+    uri = dataset["uri"]
+    assert not dataset["first"].noop and dataset["again"].noop  # the manifest in the bucket makes it a no-op
+    manifest = storage.read_json(f"{uri}/manifest.json")
+    for split in ("train", "val"):
+        shards = storage.list_files(f"{uri}/episodes/{split}", ".parquet")
+        assert shards and [storage.name(s) for s in shards] == manifest["splits"][split]["shards"]
+    for name in ("stats.json", "tasks.json", "language.safetensors", "config.json"):
+        assert storage.is_file(f"{uri}/{name}"), name
+
+
+def _train_cfg(dataset_uri: str, *overrides: str):
+    from clad.training.config import load_train_config
+
+    return load_train_config(None, [
+        f"dataset_dir={dataset_uri}", f"output_dir=s3://{BUCKET}/runs", "model_preset=tiny", "batch_size=8",
+        "log_every=1", "checkpoint_every=2", "validate_every=2", "val_batches=1", "optim.warmup_steps=1",
+        "steps=4", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tracking):
+    """stage 1 stopped at step 2 (the interruption), re-run to resume to 4; then 2 steps of stage 2 from the
+    stage-1 model in the bucket."""
+    from pipelines.train import run_training
+
+    first = run_training(_train_cfg(dataset["uri"], "stop_at_step=2"), tracking=tracking)
+    second = run_training(_train_cfg(dataset["uri"]), tracking=tracking)
+    stage2 = run_training(_train_cfg(dataset["uri"], "stage=stage2", "steps=2",
+                                     f"stage1_checkpoint=s3://{BUCKET}/runs/stage1"), tracking=tracking)
+    return {"first": first, "second": second, "stage2": stage2}
+
+
+def test_train_checkpoints_land_in_the_bucket_and_resume(trained):
+    first, second, stage2 = trained["first"], trained["second"], trained["stage2"]
+    assert first.error is None and second.error is None and stage2.error is None
+    assert first.checkpoint.path.startswith(f"{BUCKET}/runs/stage1/checkpoint_")  # a bucket key, not a local path
+    states = [storage.read_json(f) for f in storage.list_files(f"s3://{BUCKET}/runs/stage1", "training_state.json",
+                                                               recursive=True)]
+    assert sorted(s["step"] for s in states) == [2, 4]  # the re-run resumed from step 2 in the bucket
+    for stage in ("stage1", "stage2"):
+        assert storage.is_file(f"s3://{BUCKET}/runs/{stage}/final/model.safetensors")
+        assert storage.is_file(f"s3://{BUCKET}/runs/{stage}/train_config.json")
+
+
+def test_evaluate_a_checkpoint_in_the_bucket(trained, tracking, env):
+    from clad.eval.config import EvalConfig
+    from clad.eval.policy import PolicySpec
+    from pipelines.evaluate import run_evaluation
+
+    cfg = EvalConfig(suite="libero_object", tasks=("0",), episodes_per_task=1, max_steps=10, settle_steps=1,
+                     camera_size=64, actors=1, video_episodes=1,
+                     policy=PolicySpec(kind="clad", checkpoint=f"s3://{BUCKET}/runs/stage2/final"))
+    out = f"s3://{BUCKET}/eval"
+    report = run_evaluation(cfg, out, tracking_uri=tracking.uri, experiment="test-storage", progress=False)
+    assert report.summary["complete"] and report.episodes_run == 1
+    summary = storage.read_json(f"{out}/summary.json")
+    assert summary["summary"]["overall"]["n"] == 1
+    assert len(storage.read_text(f"{out}/episodes.jsonl").splitlines()) == 1
+    assert storage.list_files(f"{out}/videos", ".mp4")
+    # the env actor loaded the checkpoint into its node's cache (not the driver's)
+    node_cache = [p.name for p in (env["node_cache"] / "storage").iterdir()]
+    assert any(n.startswith("final-") for n in node_cache), node_cache
+    # resuming from the bucket runs nothing again
+    again = run_evaluation(cfg, out, tracking_uri=tracking.uri, experiment="test-storage", progress=False)
+    assert again.episodes_run == 0 and again.summary["summary"]["overall"]["n"] == 1
+
+
+def test_workers_never_touched_the_drivers_folder(trained, ray_guarded):
+    # runs after the pipeline tests above (module order): every Ray task, Train worker and env actor worked
+    # from URIs; any read of the driver's folder would have been refused and recorded
+    v = ray_guarded["violations"]
+    assert not v.exists() or not v.read_text().strip(), v.read_text()
+
+
+def test_training_into_a_missing_bucket_fails_before_any_work(dataset, tracking):
+    from pipelines.train import run_training
+
+    cfg = _train_cfg(dataset["uri"]).replace(output_dir="s3://no-such-bucket/runs")
+    with pytest.raises(StorageError, match=r"output_dir s3://no-such-bucket/runs/stage1 is not writable: "
+                                           r"bucket 'no-such-bucket' does not exist"):
+        run_training(cfg, tracking=tracking)
+
+
+def test_preprocess_with_a_read_only_role_fails_before_ray_work(env, s3, dataset):
+    from clad.data.preprocess_config import PreprocessConfig
+    from pipelines.preprocess import run_preprocess
+
+    _use_keys(env["mp"], s3["reader"])
+    try:
+        with pytest.raises(StorageError, match=rf"--out s3://{BUCKET}/ds-ro is not writable: permission denied"):
+            run_preprocess(env["shared"] / "raw", f"s3://{BUCKET}/ds-ro", PreprocessConfig(val_fraction=0.25))
+    finally:
+        _use_keys(env["mp"], s3["writer"])
+    assert storage.list_files(f"s3://{BUCKET}/ds-ro", recursive=True) == []
+
+
+def test_eval_of_a_missing_checkpoint_names_it(env, ray_guarded):
+    from clad.eval.config import EvalConfig
+    from clad.eval.policy import PolicySpec
+    from pipelines.evaluate import run_evaluation
+
+    cfg = EvalConfig(suite="libero_object", tasks=("0",), episodes_per_task=1,
+                     policy=PolicySpec(kind="clad", checkpoint=f"s3://{BUCKET}/runs/nothing/final"))
+    with pytest.raises(StorageError, match=rf"--checkpoint s3://{BUCKET}/runs/nothing/final: does not exist"):
+        run_evaluation(cfg, f"s3://{BUCKET}/eval-x", use_mlflow=False, progress=False)
+
+
+def test_the_guard_refuses_the_drivers_folder_in_workers(env, ray_guarded):
+    """The check above means something: a worker handed a driver-local path is refused and recorded."""
+    import ray
+
+    secret = env["driver"] / "only-here.json"
+    secret.write_text("{}")
+
+    @ray.remote(num_cpus=0.1)
+    def read(loc: str):
+        from clad import storage as worker_storage
+
+        try:
+            worker_storage.read_json(loc)
+        except PermissionError as err:
+            return str(err)
+        return "read"
+
+    @ray.remote(num_cpus=0.1)
+    def python_open(loc: str):
+        try:
+            open(loc).read()
+        except PermissionError as err:
+            return str(err)
+        return "read"
+
+    assert "driver's machine only" in ray.get(read.remote(str(secret)))
+    assert "driver's machine only" in ray.get(python_open.remote(str(secret)))
+    assert str(secret) in ray_guarded["violations"].read_text()
+
+
+def test_pipeline_places_every_step_in_the_bucket_and_skips_finished_stages(env):
+    from clad.errors import ConfigError
+    from pipelines.pipeline import _stage_done, load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe/"])
+    with pytest.raises(ConfigError, match=r"output_dir s3://clad-test/pipe is in object storage.*set input_dir"):
+        run_pipeline(cfg)  # scripted demos would be written to the driver's disk
+    runs = storage.join(cfg.location, "train")
+    s1 = cfg.stage_config("stage1", storage.join(cfg.location, "dataset"), runs)
+    assert s1.dataset_dir == f"s3://{BUCKET}/pipe/dataset" and s1.run_location.startswith(f"{runs}/stage1-")
+    s2 = cfg.stage_config("stage2", s1.dataset_dir, runs, s1.run_location)
+    assert s2.stage1_checkpoint == s1.run_location
+    assert not _stage_done(s1)
+    storage.write_json(storage.join(s1.run_location, "train_config.json"), s1.to_dict())
+    assert not _stage_done(s1)  # no weights yet: an interrupted upload of final/ is not a finished stage
+    storage.write_bytes(storage.join(s1.run_location, "final", "model.safetensors"), b"weights")
+    assert _stage_done(s1)
