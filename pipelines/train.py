@@ -356,7 +356,7 @@ def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> d
         check_stage1_checkpoint(cfg, manifest)
     if resume_from is not None:
         check_resume_dir(resume_from)
-    check_folder_arg(cfg.output_dir, "output_dir")
+    check_folder_arg(cfg.run_location, "output_dir")
     return manifest
 
 
