@@ -130,3 +130,16 @@ def test_clad_train_console_shows_metrics_with_eta_and_ray_internals_go_to_the_l
     log_text = (tmp_path / "runs" / "stage1" / "clad.log").read_text()
     assert "Execution plan of Dataset" in log_text          # Ray Data, from the split coordinator
     assert "ray.train" in log_text                          # Ray Train's controller and workers
+
+
+def test_verbose_puts_every_library_back_on_the_console_and_our_debug_too():
+    logs.configure(verbose=True)
+    try:
+        console = next(h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+                       and not isinstance(h, logging.FileHandler) and h in logs._state["handlers"])
+        assert console.filters == []  # no console policy: ray, mlflow, gym ... all shown
+        assert logging.getLogger("pipelines").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("urllib3").isEnabledFor(logging.DEBUG)  # libraries stay at INFO
+    finally:
+        logs.close()
+    assert logging.getLogger("pipelines").level == logging.NOTSET  # close() undoes it
