@@ -7,9 +7,11 @@ back on the console and adds clad's DEBUG records.
 
 Third-party noise is silenced where it starts, in every process that starts it (the driver, Ray workers
 and actors), by each library's own switch, never by filtering text:
-  ray, ray.train, ray.data  Ray's "ray" logger keeps no console handler of its own and propagates to the
+  ray, ray.data             Ray's "ray" logger keeps no console handler of its own and propagates to the
                             root logger (below); Ray Data reads its logging config from the YAML file
                             RAY_DATA_LOGGING_CONFIG names (ray_data_logging.yaml: no console handler)
+  ray.train                 RAY_TRAIN_ENABLE_{CONTROLLER,WORKER}_STRUCTURED_LOGGING=0: Ray Train leaves the
+                            loggers of its controller and workers as this module set them
   mlflow, alembic           MLFLOW_CONFIGURE_LOGGING=false: mlflow leaves its loggers to the root logger
   warnings                  logging.captureWarnings: deprecation warnings become records of `py.warnings`
   robosuite, gym, LIBERO    clad/libero/quiet.py (their banners are prints and import-time warnings)
@@ -50,6 +52,9 @@ def library_switches() -> dict[str, str]:
     """Environment variables that make libraries leave their logging to us (read at their import)."""
     return {
         "MLFLOW_CONFIGURE_LOGGING": "false",
+        # Ray Train otherwise rebuilds the root logger of its controller and workers with a console handler
+        "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+        "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
         "RAY_DATA_LOGGING_CONFIG": str(resources.files("pipelines") / "ray_data_logging.yaml"),
     }
 
@@ -173,6 +178,12 @@ def setup_worker() -> None:
     import ray  # noqa: F401  (installs Ray's handler first, so route_ray_logging can take it off)
 
     root = _configure_root(verbose, replace=True)  # a fresh worker process: Ray's defaults go
+    # Ray Train's placement-group cleaner asks the State API for "the" local cluster; with several Ray
+    # instances on one machine it finds many and its thread dies with a traceback. Name ours.
+    try:
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # pragma: no cover - an older Ray without gcs_address: the cleaner guesses as before
+        pass
     fallback = Path(tempfile.gettempdir()) / "clad" / LOG_FILE_NAME
     fallback.parent.mkdir(parents=True, exist_ok=True)
     wanted = os.environ.get(ENV_LOG_FILE)

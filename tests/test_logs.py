@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from libero_files import write_suite
 from pipelines import logs
 from pipelines.train import _eta
 
@@ -79,11 +80,7 @@ def test_clad_eval_console_has_no_library_noise_and_the_log_file_has_it(tmp_path
     console = ANSI.sub("", proc.stdout + proc.stderr)
     assert proc.returncode == 0, console[-4000:]
 
-    for line in console.splitlines():
-        assert not any(n in line for n in NOISE), f"library noise on the console: {line!r}"
-        record = RECORD.search(line)
-        if record:
-            assert record.group(2).split(".")[0] in logs.OWN_LOGGERS, f"a library's record on the console: {line!r}"
+    _assert_console_is_ours(console)
     assert f"log:      {out / 'clad.log'}" in console and "overall (pooled)" in console
 
     log_text = (out / "clad.log").read_text()
@@ -94,3 +91,55 @@ def test_clad_eval_console_has_no_library_noise_and_the_log_file_has_it(tmp_path
     assert "using task orders" in log_text
     driver_pid = re.search(r"^\S+ \S+ (\d+) \w+ ray\._private\.worker: Started", log_text, re.M).group(1)
     assert pids - {driver_pid}, "the env actor (a Ray worker) should write its records to the same clad.log"
+
+
+def _assert_console_is_ours(console: str) -> None:
+    for line in console.splitlines():
+        assert not any(n in line for n in NOISE), f"library noise on the console: {line!r}"
+        record = RECORD.search(line)
+        if record:
+            assert record.group(2).split(".")[0] in logs.OWN_LOGGERS, f"a library's record on the console: {line!r}"
+    for marker in ("Execution plan of Dataset", "Starting execution of Dataset", "Setting up process group",
+                   "Started training worker group", "Checkpoint successfully created", "Traceback"):
+        assert marker not in console, f"Ray Data / Ray Train internals on the console: {marker}"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_clad_train_console_shows_metrics_with_eta_and_ray_internals_go_to_the_log(tmp_path):
+    """Ray Train's controller and workers and Ray Data's split coordinator print the most; on the console only
+    the metric lines (with an ETA) and the summary remain, the rest is in <run folder>/clad.log."""
+    write_suite(tmp_path / "raw", n_tasks=2)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    pre = subprocess.run([*cli, "preprocess", "--input", str(tmp_path / "raw"), "--out", str(tmp_path / "ds")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
+    _assert_console_is_ours(ANSI.sub("", pre.stdout + pre.stderr))
+
+    train = subprocess.run([*cli, "train", "stage1", "-o", f"dataset_dir={tmp_path / 'ds'}", "-o",
+                            f"output_dir={tmp_path / 'runs'}", "-o", "model_preset=tiny", "-o", "steps=10", "-o",
+                            "batch_size=8", "-o", "log_every=5", "-o", "checkpoint_every=10", "-o", "validate_every=10",
+                            "-o", "val_batches=1"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    console = ANSI.sub("", train.stdout + train.stderr)
+    assert train.returncode == 0, console[-4000:]
+    _assert_console_is_ours(console)
+    assert re.search(r"pipelines\.train: stage1 step 5/10  eta \S+  ", console), console[-3000:]
+    log_text = (tmp_path / "runs" / "stage1" / "clad.log").read_text()
+    assert "Execution plan of Dataset" in log_text          # Ray Data, from the split coordinator
+    assert "ray.train" in log_text                          # Ray Train's controller and workers
+
+
+def test_verbose_puts_every_library_back_on_the_console_and_our_debug_too():
+    logs.configure(verbose=True)
+    try:
+        console = next(h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+                       and not isinstance(h, logging.FileHandler) and h in logs._state["handlers"])
+        assert console.filters == []  # no console policy: ray, mlflow, gym ... all shown
+        assert logging.getLogger("pipelines").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("urllib3").isEnabledFor(logging.DEBUG)  # libraries stay at INFO
+    finally:
+        logs.close()
+    assert logging.getLogger("pipelines").level == logging.NOTSET  # close() undoes it
