@@ -66,6 +66,9 @@ class PipelineConfig(FrozenConfig):
     stage2: dict[str, Any] = {}
     # EvalConfig fields; `policy` is filled in with the stage-2 model
     eval: dict[str, Any] = {}
+    # which stage-2 model step 5 evaluates: `final/`, or `best/` (the best checkpoint by closed-loop
+    # success, which needs stage2.eval_every > 0; docs/closed-loop.md)
+    eval_checkpoint: str = "final"
 
     @pydantic.model_validator(mode="after")
     def _check_steps(self):
@@ -73,6 +76,11 @@ class PipelineConfig(FrozenConfig):
         for stage in self.stages:
             self.stage_config(stage, Path("<dataset>"), Path("<runs>"))
         self.eval_config(Path("<model>"))
+        if self.eval_checkpoint not in ("final", "best"):
+            raise ValueError(f"eval_checkpoint must be 'final' or 'best', got {self.eval_checkpoint!r}")
+        if self.eval_checkpoint == "best" and not self.stage_config("stage2", Path("<dataset>"), Path("<runs>")).eval_every:
+            raise ValueError("eval_checkpoint=best needs evaluation during training: set stage2.eval_every (and "
+                             "stage2.closed_loop.suite), or eval_checkpoint=final")
         return self
 
     @property
@@ -208,7 +216,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
             summary["steps"][stage] = {"dir": str(scfg.run_dir), "metrics": _floats(result.metrics)}
 
         # 5. parallel evaluation (resumes from its episode log)
-        model_dir = stage_dirs["stage2"] / "final"
+        model_dir = stage_dirs["stage2"] / cfg.eval_checkpoint
         ecfg = cfg.eval_config(model_dir)
         log.info("step 5/5: evaluating %s on %s", model_dir, ecfg.suite)
         report = run_evaluation(ecfg, out / "eval", tracking_uri=tracking.uri, experiment=cfg.mlflow_experiment,
