@@ -202,6 +202,10 @@ class ClosedLoopEvaluator:
         if self._worker is not None:
             self._worker.join(timeout)
         self._update_best()
+        if self.errors or self.missed:
+            log.error("closed-loop evaluation incomplete in %s: %s%s; re-run the same command to retry the "
+                      "unfinished checkpoints", self.run_dir / FOLDER, "; ".join(self.errors),
+                      f"; deleted before they could be copied: {self.missed}" if self.missed else "")
         # how long `clad train` waited for rollouts after training ended (the part that did not overlap)
         self.timings = {"training_end": t0, "wait_after_training_s": time.time() - t0}
         (self.run_dir / FOLDER / "timings.json").write_text(json.dumps(self.timings) + "\n")

@@ -70,6 +70,9 @@ class PipelineConfig(FrozenConfig):
     # [ours] stage 2 reads the frozen stage-1 encoder's cached fp16 features (`clad features`, extracted once
     # before stage 2) instead of encoding images every step; no image augmentation then (docs/feature-cache.md)
     cache_features: bool = False
+    # which stage-2 model step 5 evaluates: `final/`, or `best/` (the best checkpoint by closed-loop
+    # success, which needs stage2.eval_every > 0; docs/closed-loop.md)
+    eval_checkpoint: str = "final"
 
     @pydantic.model_validator(mode="after")
     def _check_steps(self):
@@ -77,6 +80,11 @@ class PipelineConfig(FrozenConfig):
         for stage in self.stages:
             self.stage_config(stage, Path("<dataset>"), Path("<runs>"))
         self.eval_config(Path("<model>"))
+        if self.eval_checkpoint not in ("final", "best"):
+            raise ValueError(f"eval_checkpoint must be 'final' or 'best', got {self.eval_checkpoint!r}")
+        if self.eval_checkpoint == "best" and not self.stage_config("stage2", Path("<dataset>"), Path("<runs>")).eval_every:
+            raise ValueError("eval_checkpoint=best needs evaluation during training: set stage2.eval_every (and "
+                             "stage2.closed_loop.suite), or eval_checkpoint=final")
         return self
 
     @property
@@ -225,7 +233,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
             summary["steps"][stage] = {"dir": scfg.run_location, "metrics": _floats(result.metrics)}
 
         # 5. parallel evaluation (resumes from its episode log)
-        model_dir = storage.join(stage_dirs["stage2"], "final")
+        model_dir = storage.join(stage_dirs["stage2"], cfg.eval_checkpoint)
         ecfg = cfg.eval_config(model_dir)
         log.info("step 5/5: evaluating %s on %s", model_dir, ecfg.suite)
         report = run_evaluation(ecfg, storage.join(out, "eval"), tracking_uri=tracking.uri, experiment=cfg.mlflow_experiment,

@@ -215,7 +215,9 @@ class PoolConfig:
 
 
 def actor_options(cpus: float, gpus: float = 0.0, resource: str | None = None) -> dict:
-    opts: dict = {"num_cpus": cpus, "max_restarts": 0, "max_task_retries": 0}
+    # "DEFAULT" explicitly: an evaluation started inside a Tune trial (`clad tune`'s closed-loop objective)
+    # would otherwise be captured into the trial's placement group, which has no room for env actors
+    opts: dict = {"num_cpus": cpus, "max_restarts": 0, "max_task_retries": 0, "scheduling_strategy": "DEFAULT"}
     if gpus:
         opts["num_gpus"] = gpus
     if resource:

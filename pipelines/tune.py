@@ -196,7 +196,9 @@ def _closed_loop_stage(cfg: TrainConfig, tracking) -> None:
             results.put(None)
 
     threading.Thread(target=train, name="closed-loop-trial", daemon=True).start()
+    reported = 0
     while (record := results.get()) is not None:
+        reported += 1
         tune.report({"closed_loop/success_rate": record["rate"], "closed_loop/ci95_low": record["ci95"][0],
                      "closed_loop/ci95_high": record["ci95"][1], "closed_loop/episodes": record["n"],
                      "closed_loop/successes": record["successes"], "step": record["step"],
@@ -205,6 +207,9 @@ def _closed_loop_stage(cfg: TrainConfig, tracking) -> None:
         raise outcome["error"]
     if outcome["result"].error:
         raise outcome["result"].error
+    if not reported:
+        raise RuntimeError(f"no checkpoint of {cfg.run_dir} finished its closed-loop evaluation (see the trial's "
+                           "log for why); the trial has no success to report")
 
 
 def check_report_cadence(cfg: TrainConfig, source: str) -> None:

@@ -107,3 +107,15 @@ def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
     print_closed_loop(cfg.run_dir)
     out = capsys.readouterr().out
     assert "step       2: success 3/4 = 75.0 %" in out and "Best checkpoint: step 2" in out and "val/loss -1.00" in out
+
+
+def test_pipeline_can_evaluate_the_best_checkpoint_only_with_eval_every():
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(None, ["eval_checkpoint=best", "stage2.eval_every=500", "stage2.checkpoint_every=500",
+                                      "stage2.closed_loop.suite=libero_object"])
+    assert cfg.eval_checkpoint == "best"
+    with pytest.raises(ConfigError, match="eval_checkpoint=best needs evaluation during training"):
+        load_pipeline_config(None, ["eval_checkpoint=best"])
+    with pytest.raises(ConfigError, match="'final' or 'best'"):
+        load_pipeline_config(None, ["eval_checkpoint=last"])

@@ -79,3 +79,14 @@ def test_two_trial_closed_loop_sweep(ray_session, tmp_path, monkeypatch):
         trial_dir = next((sweep / "trials").glob(f"{row['trial']}-stage2"))
         done = sorted(p.parent.name for p in trial_dir.glob("closed_loop/step_*/result.json"))
         assert "step_0000002" in done
+
+
+def test_shipped_success_space_loads():
+    from pathlib import Path
+
+    from pipelines.tune import load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "tau_ema_success.yaml")
+    assert space.objective == "closed_loop_success" and space.mode == "max"
+    assert space.eval_every and space.closed_loop.suite == "libero_object"
+    assert space.scheduler.max_t == space.stage2_steps // space.eval_every
