@@ -328,3 +328,49 @@ def test_decisionnce_converter_reads_upstream_keys_without_unpickling_code(tmp_p
     with pytest.raises(CheckpointError, match="weights_only=True"):
         convert(evil, tmp_path / "evil_out")
     assert not (tmp_path / "evil_out" / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the simulator: frames an agent sees live vs the cache of the same frames stored as a demonstration
+
+
+@pytest.mark.libero
+def test_live_simulator_frames_encode_as_the_cache_holds_them(ray_session, stage1, tmp_path):
+    """One real LIBERO reset and step. The frames go two ways: (a) stored by the project's demo writer,
+    preprocessed and cached by `clad features`; (b) live, through the eval adapter and the model's vision
+    (what CladAgent runs). Both must give the same features."""
+    from clad.data import feature_set as fs
+    from clad.data.memory_windows import _units
+    from clad.data.preprocess_config import PreprocessConfig
+    from clad.eval.agent_adapter import AgentInputAdapter
+    from clad.libero.demo_writer import DemoWriter
+    from clad.libero.env import SETTLE_ACTION, EnvConfig, LiberoEnv
+    from clad.libero.expert import EpisodeResult
+    from clad.model.frozen_encoder import EncoderSpec
+    from clad.data.store import iter_episodes
+    from pipelines.features import extract_features
+    from pipelines.preprocess import run_preprocess
+
+    env = LiberoEnv(EnvConfig(suite="libero_object", camera_size=32, settle_steps=1), task=0)
+    try:
+        obs = [env.reset(init_index=0)]
+        obs.append(env.step(SETTLE_ACTION)[0])
+        # the two live frames, stored as a demonstration (marked successful only so the writer keeps it)
+        with DemoWriter(tmp_path / "raw", env, compress=False) as writer:
+            writer.add(EpisodeResult(success=True, steps=2, actions=np.stack([SETTLE_ACTION] * 2), observations=obs,
+                                     init_index=0))
+    finally:
+        env.close()
+    run_preprocess(tmp_path / "raw", tmp_path / "ds", PreprocessConfig(val_fraction=0.0))
+    res = extract_features(tmp_path / "ds", EncoderSpec(source="stage1", checkpoint=str(stage1)))
+    ep = next(iter_episodes(tmp_path / "ds", "train"))
+    keys = ("agentview_rgb", "eye_in_hand_rgb")
+    cached = fs.load_shard(res["root"], "train", fs.unit_name(*_units(tmp_path / "ds", "train")[0]),
+                           ep["episode_id"], ep["length"], keys)
+
+    model = _stage2_model(stage1, tmp_path / "ds").eval()
+    rgb, _ = AgentInputAdapter(model.cfg.vision.cameras, model.cfg.proprio_keys).images_and_proprio(obs)
+    (live,) = model.visual_features({"rgb_curr": torch.from_numpy(rgb)}, ("curr",))
+    want = np.concatenate([cached[k].astype(np.float32) for k in keys], axis=1)
+    assert ep["length"] == 2 and live.shape == want.shape
+    np.testing.assert_allclose(live.numpy(), want, rtol=2e-3, atol=2e-3)
