@@ -304,7 +304,7 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     manifest = read_manifest(cfg.dataset_dir)
     loop_config = {
         "train": cfg.to_dict(),
-        "splits": sorted(sources),
+        "splits": sorted(s for s, src in sources.items() if src == "memory" or s in datasets),
         "sources": sources,
         "final_dir": str(run_dir / "final"),
         "resume_from": resume_from,

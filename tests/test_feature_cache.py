@@ -374,3 +374,37 @@ def test_live_simulator_frames_encode_as_the_cache_holds_them(ray_session, stage
     want = np.concatenate([cached[k].astype(np.float32) for k in keys], axis=1)
     assert ep["length"] == 2 and live.shape == want.shape
     np.testing.assert_allclose(live.numpy(), want, rtol=2e-3, atol=2e-3)
+
+
+def test_stage1_with_a_frozen_backbone_has_the_same_loss_from_features(dataset, tmp_path):
+    """Stage 1 with a frozen DecisionNCE-format backbone (converted from an upstream-layout checkpoint):
+    the loss on the same windows from cached features equals the loss from images."""
+    from clad.data.memory_windows import InMemoryWindows
+    from clad.data.windows import WindowSpec
+    from clad.model.decisionnce_convert import convert
+    from clad.model.frozen_encoder import EncoderSpec
+    from clad.model.model import CladModel
+    from clad.training.session import model_stats
+    from pipelines.features import extract_features_local
+
+    torch.manual_seed(0)
+    pth = tmp_path / "dnce.pth"
+    torch.save({"model": _CLIPBasedEncoder().state_dict()}, pth)
+    weights = convert(pth, tmp_path / "dnce")
+    res = extract_features_local(dataset, EncoderSpec(source="pretrained", backbone="decisionnce_rn50",
+                                                      checkpoint=str(weights), cameras=("agentview",)))
+    cfg = _tiny_cfg(crop_ratio=1.0, cameras=("agentview",))
+    cfg = cfg.replace(vision=cfg.vision.replace(backbone="decisionnce_rn50", feature_dim=24,
+                                                checkpoint_dir=str(weights)))
+    spec = WindowSpec(tau=cfg.dynamics.tau, chunk=cfg.policy.chunk_length, views=("agentview",),
+                      proprio_keys=cfg.proprio_keys)
+    img = InMemoryWindows.load(dataset, "train", spec)
+    feat = InMemoryWindows.load(dataset, "train", WindowSpec(**{**spec.__dict__, "use_features": True}), res["root"])
+    idx = np.arange(0, len(img), 4)
+    model = CladModel(cfg, model_stats(dataset, cfg.proprio_keys)).train()
+    losses = []
+    for wins in (img, feat):
+        torch.manual_seed(11)  # the same action masks
+        loss, _ = model.stage1_loss({k: torch.from_numpy(v) for k, v in wins.gather(idx).items()})
+        losses.append(float(loss.detach()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)
