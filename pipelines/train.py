@@ -406,7 +406,7 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
     datasets = build_datasets(cfg, sources)
     loop_config = {
         "train": cfg.to_dict(),
-        "splits": sorted(sources),
+        "splits": sorted(s for s, src in sources.items() if src == "memory" or s in datasets),
         "sources": sources,
         "final_dir": storage.join(run_dir, "final"),
         "resume_from": resume_from,

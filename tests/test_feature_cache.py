@@ -328,3 +328,83 @@ def test_decisionnce_converter_reads_upstream_keys_without_unpickling_code(tmp_p
     with pytest.raises(CheckpointError, match="weights_only=True"):
         convert(evil, tmp_path / "evil_out")
     assert not (tmp_path / "evil_out" / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the simulator: frames an agent sees live vs the cache of the same frames stored as a demonstration
+
+
+@pytest.mark.libero
+def test_live_simulator_frames_encode_as_the_cache_holds_them(ray_session, stage1, tmp_path):
+    """One real LIBERO reset and step. The frames go two ways: (a) stored by the project's demo writer,
+    preprocessed and cached by `clad features`; (b) live, through the eval adapter and the model's vision
+    (what CladAgent runs). Both must give the same features."""
+    from clad.data import feature_set as fs
+    from clad.data.memory_windows import _units
+    from clad.data.preprocess_config import PreprocessConfig
+    from clad.eval.agent_adapter import AgentInputAdapter
+    from clad.libero.demo_writer import DemoWriter
+    from clad.libero.env import SETTLE_ACTION, EnvConfig, LiberoEnv
+    from clad.libero.expert import EpisodeResult
+    from clad.model.frozen_encoder import EncoderSpec
+    from clad.data.store import iter_episodes
+    from pipelines.features import extract_features
+    from pipelines.preprocess import run_preprocess
+
+    env = LiberoEnv(EnvConfig(suite="libero_object", camera_size=32, settle_steps=1), task=0)
+    try:
+        obs = [env.reset(init_index=0)]
+        obs.append(env.step(SETTLE_ACTION)[0])
+        # the two live frames, stored as a demonstration (marked successful only so the writer keeps it)
+        with DemoWriter(tmp_path / "raw", env, compress=False) as writer:
+            writer.add(EpisodeResult(success=True, steps=2, actions=np.stack([SETTLE_ACTION] * 2), observations=obs,
+                                     init_index=0))
+    finally:
+        env.close()
+    run_preprocess(tmp_path / "raw", tmp_path / "ds", PreprocessConfig(val_fraction=0.0))
+    res = extract_features(tmp_path / "ds", EncoderSpec(source="stage1", checkpoint=str(stage1)))
+    ep = next(iter_episodes(tmp_path / "ds", "train"))
+    keys = ("agentview_rgb", "eye_in_hand_rgb")
+    cached = fs.load_shard(res["root"], "train", fs.unit_name(*_units(tmp_path / "ds", "train")[0]),
+                           ep["episode_id"], ep["length"], keys)
+
+    model = _stage2_model(stage1, tmp_path / "ds").eval()
+    rgb, _ = AgentInputAdapter(model.cfg.vision.cameras, model.cfg.proprio_keys).images_and_proprio(obs)
+    (live,) = model.visual_features({"rgb_curr": torch.from_numpy(rgb)}, ("curr",))
+    want = np.concatenate([cached[k].astype(np.float32) for k in keys], axis=1)
+    assert ep["length"] == 2 and live.shape == want.shape
+    np.testing.assert_allclose(live.numpy(), want, rtol=2e-3, atol=2e-3)
+
+
+def test_stage1_with_a_frozen_backbone_has_the_same_loss_from_features(dataset, tmp_path):
+    """Stage 1 with a frozen DecisionNCE-format backbone (converted from an upstream-layout checkpoint):
+    the loss on the same windows from cached features equals the loss from images."""
+    from clad.data.memory_windows import InMemoryWindows
+    from clad.data.windows import WindowSpec
+    from clad.model.decisionnce_convert import convert
+    from clad.model.frozen_encoder import EncoderSpec
+    from clad.model.model import CladModel
+    from clad.training.session import model_stats
+    from pipelines.features import extract_features_local
+
+    torch.manual_seed(0)
+    pth = tmp_path / "dnce.pth"
+    torch.save({"model": _CLIPBasedEncoder().state_dict()}, pth)
+    weights = convert(pth, tmp_path / "dnce")
+    res = extract_features_local(dataset, EncoderSpec(source="pretrained", backbone="decisionnce_rn50",
+                                                      checkpoint=str(weights), cameras=("agentview",)))
+    cfg = _tiny_cfg(crop_ratio=1.0, cameras=("agentview",))
+    cfg = cfg.replace(vision=cfg.vision.replace(backbone="decisionnce_rn50", feature_dim=24,
+                                                checkpoint_dir=str(weights)))
+    spec = WindowSpec(tau=cfg.dynamics.tau, chunk=cfg.policy.chunk_length, views=("agentview",),
+                      proprio_keys=cfg.proprio_keys)
+    img = InMemoryWindows.load(dataset, "train", spec)
+    feat = InMemoryWindows.load(dataset, "train", WindowSpec(**{**spec.__dict__, "use_features": True}), res["root"])
+    idx = np.arange(0, len(img), 4)
+    model = CladModel(cfg, model_stats(dataset, cfg.proprio_keys)).train()
+    losses = []
+    for wins in (img, feat):
+        torch.manual_seed(11)  # the same action masks
+        loss, _ = model.stage1_loss({k: torch.from_numpy(v) for k, v in wins.gather(idx).items()})
+        losses.append(float(loss.detach()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)
