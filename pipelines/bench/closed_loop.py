@@ -1,7 +1,7 @@
 """Benchmark (not a test): the cost of closed-loop evaluation during training.
 
-    python -m pipelines.bench_closed_loop                       # small: tiny preset, synthetic demos, 1 env actor
-    python -m pipelines.bench_closed_loop --dataset outputs/cpu_learning/dataset --preset cpu --batch-size 64 \\
+    python -m pipelines.bench.closed_loop                       # small: tiny preset, synthetic demos, 1 env actor
+    python -m pipelines.bench.closed_loop --dataset outputs/cpu_learning/dataset --preset cpu --batch-size 64 \\
         --steps 600 --eval-every 200 --tasks 0 1 --episodes 2 --max-steps 300
 
 In one invocation, on the same data and config, a policy-only stage 2 trains twice:

@@ -7,7 +7,7 @@ and image sizes; only the input format differs. Each format is preprocessed `--r
 (alternating, force=True; Ray start-up is outside the runs), plus a single-process read of every episode
 (the decode cost alone: PyAV/PNG vs h5py).
 
-    python -m pipelines.bench_lerobot --input /work/shared/fixtures/lerobot/libero_v3_video --json bench_lerobot.json
+    python -m pipelines.bench.lerobot --input /work/shared/fixtures/lerobot/libero_v3_video --json bench_lerobot.json
 """
 
 from __future__ import annotations
