@@ -408,3 +408,14 @@ def test_stage1_with_a_frozen_backbone_has_the_same_loss_from_features(dataset, 
         loss, _ = model.stage1_loss({k: torch.from_numpy(v) for k, v in wins.gather(idx).items()})
         losses.append(float(loss.detach()))
     assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)
+
+
+def test_random_crop_augmentation_cannot_train_from_cached_features():
+    """Cached features are of the centre crop: a stage 2 that augments every network must read images."""
+    from clad.training.config import load_train_config
+    from clad.training.data_source import feature_training_error
+
+    base = ["stage=stage2", "model_preset=tiny", "dataset_dir=/nonexistent", "stage1_checkpoint=/nonexistent/s1"]
+    cropped = load_train_config(None, [*base, "model.policy.augment=random_crop"])
+    assert "augment" in feature_training_error(cropped)
+    assert feature_training_error(load_train_config(None, [*base, "model.policy.augment=none"])) is None

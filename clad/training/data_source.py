@@ -20,6 +20,9 @@ from clad.training.config import TrainConfig
 def feature_training_error(cfg: TrainConfig) -> str | None:
     """Why this config cannot train from cached features (the encoder would be trained), or None."""
     m = cfg.model
+    if cfg.stage == "stage2" and m.policy.augment != "none":
+        return (f"policy.augment={m.policy.augment!r} crops the images at random, and cached features are of the "
+                "centre crop (set policy.augment=none for every variant, or train from images)")
     if not m.vision.trainable:
         return None
     if cfg.stage == "stage1":

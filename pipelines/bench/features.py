@@ -1,7 +1,7 @@
 """Benchmark (not a test): training from cached frozen-encoder features vs from images, and the extraction job.
 
-    python -m pipelines.bench_features                       # small: synthetic demos, cpu preset, a few minutes
-    python -m pipelines.bench_features --dataset outputs/cpu_learning/dataset --steps 40 --ray
+    python -m pipelines.bench.features                       # small: synthetic demos, cpu preset, a few minutes
+    python -m pipelines.bench.features --dataset outputs/cpu_learning/dataset --steps 40 --ray
 
 In one invocation, on the same data and the same stage-2 model (stage 1 = a clad checkpoint of the preset
 with random weights: speed does not depend on what it learned):
