@@ -17,7 +17,7 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-@pytest.mark.parametrize("name", ["inference", "rollouts", "preprocess", "training"])
+@pytest.mark.parametrize("name", ["inference", "rollouts", "preprocess", "training", "features", "closed_loop"])
 def test_each_benchmark_runs_alone_from_the_bench_package(name):
     """`python -m pipelines.bench.<name>` is the module `python -m pipelines.bench` runs for <name>."""
     from pipelines.bench.__main__ import BENCHMARKS
@@ -33,7 +33,10 @@ def test_each_benchmark_runs_alone_from_the_bench_package(name):
 @pytest.mark.ray
 def test_all_benchmarks_small(tmp_path):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.bench", "--out", str(out)], capture_output=True, text=True)
+    # the four original ones: the small runs of features and closed_loop take several minutes each, so CI
+    # only checks that they start (above); their measured ratios are in docs/results.md
+    proc = subprocess.run([sys.executable, "-m", "pipelines.bench", "--out", str(out), "--only", "inference",
+                           "rollouts", "preprocess", "training"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())["benchmarks"]
     assert set(summary) == {"inference", "rollouts", "preprocess", "training"}

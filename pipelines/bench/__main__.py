@@ -38,7 +38,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "training": ("pipelines.bench.training",
                  ["--steps", "16"],
                  ["--preset", "cpu", "--batch-size", "64", "--steps", "60"]),
+    # stage-2 samples/s from cached features vs from images; extraction as a Ray Data actor pool vs a loop
+    "features": ("pipelines.bench.features", ["--steps", "16"], ["--steps", "60", "--ray"]),
+    # training samples/s with and without evaluation during training; checkpoint -> success-logged delay
+    "closed_loop": ("pipelines.bench.closed_loop", [], ["--steps", "400", "--eval-every", "100"]),
 }
+# `python -m pipelines.bench.lerobot --input <LeRobot dataset>` needs a dataset of yours, so it runs alone.
 OUT_FLAG = {"preprocess": "--json"}  # the others take --out
 
 
