@@ -45,8 +45,10 @@ def test_preprocess_train_and_evaluate_one_episode(name, ray_session, tmp_path, 
     spec = get_task(mapped["suite"], mapped["benchmark_index"])
     # the dataset says "pick the ...", the benchmark "pick up the ...": training uses the benchmark's words
     assert mapped["task"] != spec.language
-    assert m["tasks"] == [{"index": 0, "name": spec.name, "instruction": spec.language,
-                           "files": ["data/chunk-000/file-000.parquet"]}]
+    (task,) = m["tasks"]
+    assert {k: task[k] for k in ("index", "name", "instruction", "files")} == {
+        "index": 0, "name": spec.name, "instruction": spec.language, "files": ["data/chunk-000/file-000.parquet"]}
+    assert task["benchmark"] == {"suite": "libero_object", "index": 0, "name": spec.name}
     meta = pq.read_table(fixture_dir(name) / "meta/episodes/chunk-000/file-000.parquet")
     assert m["counts"]["steps"]["train"] == sum(meta.column("length").to_pylist())
     rows = [ep for f in sorted((ds / "episodes/train").glob("*.parquet")) for ep in decode_episodes(pq.read_table(f))]

@@ -32,7 +32,7 @@ def _synthetic_dataset(tasks: list[int], folder: Path) -> Path:
     from clad.libero.suites import get_task
     from pipelines.preprocess import run_preprocess
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from libero_files import write_demo_file  # layout-exact files, synthetic numbers, real task names
 
     for t in tasks:

@@ -85,7 +85,7 @@ def plain_preprocess(input_dir: Path, out_dir: Path, cfg: PreprocessConfig) -> d
 
 
 def _synthetic(spec: str, size: int, folder: Path, compress: bool) -> None:
-    tests_dir = Path(__file__).resolve().parents[1] / "tests"
+    tests_dir = Path(__file__).resolve().parents[2] / "tests"
     sys.path.insert(0, str(tests_dir))
     from libero_files import write_demo_file  # the test-data writer (layout-exact, synthetic numbers)
 
