@@ -171,17 +171,21 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
     from pipelines.evaluate import run_evaluation
     from pipelines.preprocess import run_preprocess
     from pipelines.ray_runtime import init_ray
-    from pipelines.tracking import resolve_tracking, start_run
+    from pipelines.tracking import check_tracking, resolve_tracking, start_run
     from pipelines.train import run_training
 
     out = cfg.location  # an absolute local path or a URI
     if storage.is_remote(out) and not cfg.input_dir:
         raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
                           "local disk: set input_dir to LIBERO files on storage every node mounts")
+    if cfg.input_dir and not Path(cfg.input_dir).expanduser().is_dir():
+        raise ConfigError(f"input_dir {Path(cfg.input_dir).expanduser().resolve()} does not exist: point it at a "
+                          "folder of LIBERO *_demo.hdf5 files or a LeRobot dataset")
     storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    tracking = resolve_tracking(out, uri=tracking_uri or cfg.tracking_uri, experiment=cfg.mlflow_experiment)
+    check_tracking(tracking)  # an unreachable tracking server fails here, naming the URI, not after the demos
     storage.write_json(storage.join(out, "pipeline_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     init_ray(address=address)
-    tracking = resolve_tracking(out, uri=tracking_uri or cfg.tracking_uri, experiment=cfg.mlflow_experiment)
     run_file = storage.join(out, "mlflow_run_id")
     previous = storage.read_text(run_file).strip() if storage.is_file(run_file) else None
     summary: dict[str, Any] = {"name": cfg.name, "output_dir": str(out), "steps": {}}

@@ -150,6 +150,17 @@ def test_eval_refuses_an_unreachable_tracking_server_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_pipeline_refuses_an_unreachable_tracking_server_and_a_missing_input_dir_before_any_work(tmp_path):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    out = tmp_path / "run"
+    r = _cli("pipeline", "-o", f"output_dir={out}", "--tracking-uri", uri)
+    assert r.returncode == 2 and uri in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (out / "pipeline_config.json").exists()  # refused before anything is written or Ray starts
+    r = _cli("pipeline", "-o", f"output_dir={out}", "-o", f"input_dir={tmp_path / 'nowhere'}")
+    assert r.returncode == 2 and "input_dir" in r.stderr and "does not exist" in r.stderr, r.stderr
+    assert not (out / "pipeline_config.json").exists()
+
+
 def test_tracking_failures_during_a_run_do_not_fail_it(caplog):
     import mlflow
 
