@@ -4,180 +4,36 @@
     pool.run(worklist, on_result)          # blocks until every episode has exactly one result
 
 Design (see clad/eval for the Ray-free parts):
-* `EnvActor` wraps `clad.eval.worker.EpisodeWorker`: the simulator (and its GL context) is created inside
-  the actor process, lazily, and soft-reset between episodes of the same task.
+* Each env actor (`pipelines.env_actor.EnvActor`) owns one simulator.
 * Episodes are dispatched one at a time per actor from a `WorkList`; an actor that raises
   `RayActorError` (died) or runs past the episode timeout (hung) is `ray.kill`ed and replaced, and its
   episode re-queued until `max_attempts`. Actors are recycled after `recycle_after` episodes (LIBERO
   leaks a little memory per reset).
-* Policy inference runs either inside each env actor, or in one `PolicyServer` actor that batches the
-  requests of all env actors (bounded wait), on a GPU when the cluster has one. Noise is seeded per
-  (episode seed, step), so both modes give the same actions for the same seeds.
+* Policy inference runs either inside each env actor, or in one `PolicyServer` actor
+  (`pipelines.policy_server`) that batches the requests of all env actors (bounded wait).
+* Healthy actors close their simulator before they are killed (recycling, the end of the run): a GL context
+  left to the process's teardown fails in its destructor and prints a long traceback on the console.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from clad.eval.policy import EpisodeContext, PolicySpec
-from clad.eval.registry import make_policy
-from clad.eval.protocol import EpisodeSpec
+from clad.eval.policy import PolicySpec
 from clad.eval.results import EpisodeResult
 from clad.eval.worklist import WorkList
+from pipelines.env_actor import EnvActor
+from pipelines.policy_server import PolicyServer
 
-__all__ = ["PoolConfig", "EnvActor", "PolicyServer", "ServerPolicyProxy", "RolloutPool", "actor_options"]
+__all__ = ["PoolConfig", "RolloutPool", "actor_options"]
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- env actor
-def _pin_gpu_for_rendering() -> None:
-    # One EGL device per actor: without this every actor on a multi-GPU node renders on GPU 0.
-    try:
-        gpus = ray.get_gpu_ids()
-    except Exception:
-        gpus = []
-    if gpus:
-        os.environ["MUJOCO_EGL_DEVICE_ID"] = str(int(float(gpus[0])))
-
-
-class EnvActor:
-    """One LIBERO simulator + a policy (or a proxy to the policy server). Used as a Ray actor class."""
-
-    def __init__(self, suite: str, policy_spec: dict, camera_size: int, slot: int, name: str,
-                 video_size: int = 128, server=None, server_obs_keys: Sequence[str] | None = None):
-        _pin_gpu_for_rendering()
-        os.environ.setdefault("OMP_NUM_THREADS", "1")  # N actors x M torch threads would oversubscribe cores
-        import torch
-
-        torch.set_num_threads(1)
-        from clad.eval.worker import EpisodeWorker
-        from clad.libero.runtime import ensure_libero
-
-        ensure_libero()  # before anything imports mujoco: it picks the GL backend at import
-        if server is not None:
-            policy = ServerPolicyProxy(server, tuple(server_obs_keys or ()))
-        else:
-            policy = make_policy(PolicySpec.model_validate(policy_spec))
-        self.worker = EpisodeWorker(suite, policy, camera_size=camera_size, env_id=slot, name=name,
-                                    video_size=video_size)
-
-    def ready(self) -> dict:
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
-
-    def run(self, spec: EpisodeSpec) -> EpisodeResult:
-        return self.worker.run(spec)
-
-    def stats(self) -> dict:
-        return self.worker.stats()
-
-    def close(self) -> None:
-        self.worker.close_env()
-
-
-# ---------------------------------------------------------------------------------------------- policy server
-class PolicyServer:
-    """Async Ray actor: collects `act` requests from many env actors and runs them as one batch.
-
-    A batch is flushed when it holds `max_batch` rows or `max_wait_ms` after its first row arrived,
-    whichever comes first. The model lives here once; hundreds of CPU env actors can share it.
-    """
-
-    def __init__(self, policy_spec: dict, max_batch: int = 64, max_wait_ms: float = 5.0):
-        import torch
-
-        spec = PolicySpec.model_validate(policy_spec)
-        if spec.device == "cpu" and torch.cuda.is_available():
-            spec = spec.replace(device="cuda")
-        self.policy = make_policy(spec)
-        self.max_batch = int(max_batch)
-        self.max_wait = float(max_wait_ms) / 1000.0
-        self._rows: list[tuple[int, dict, int, asyncio.Future]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self.batches: list[int] = []       # sizes of the batches run (for throughput stats)
-        self.infer_s = 0.0
-
-    def obs_keys(self) -> tuple[str, ...]:
-        return tuple(self.policy.obs_keys)
-
-    async def reset(self, env_ids: list[int], contexts: list[EpisodeContext]) -> list[str] | None:
-        # Resets are rare and touch only these envs' history: run them at once, between batches.
-        return self.policy.reset(env_ids, contexts)  # the instructions conditioned on, for the episode log
-
-    async def act(self, env_id: int, obs: dict, step: int) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._rows.append((env_id, obs, step, fut))
-        if len(self._rows) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_wait, self._flush)
-        return await fut
-
-    async def act_batch(self, env_ids: list[int], obs: list[dict], steps: list[int]) -> np.ndarray:
-        """Run one explicit batch at once (the benchmark's throughput-vs-batch-size measurement)."""
-        t0 = time.perf_counter()
-        out = np.asarray(self.policy.act(env_ids, obs, steps))
-        self.infer_s += time.perf_counter() - t0
-        self.batches.append(len(env_ids))
-        return out
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        rows, self._rows = self._rows[: self.max_batch], self._rows[self.max_batch:]
-        if self._rows:  # more than a batch queued up: schedule the rest right away
-            self._timer = asyncio.get_running_loop().call_later(0, self._flush)
-        if not rows:
-            return
-        t0 = time.perf_counter()
-        try:
-            actions = np.asarray(self.policy.act([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
-        except Exception as err:  # hand the error to every waiting env actor (recorded as policy_error)
-            for r in rows:
-                if not r[3].done():
-                    r[3].set_exception(err)
-            return
-        finally:
-            self.infer_s += time.perf_counter() - t0
-        self.batches.append(len(rows))
-        for i, r in enumerate(rows):
-            if not r[3].done():
-                r[3].set_result(actions[i])
-
-    def stats(self) -> dict:
-        b = np.asarray(self.batches or [0])
-        return {"batches": len(self.batches), "rows": int(b.sum()), "mean_batch": float(b.mean()),
-                "max_batch": int(b.max()), "infer_s": self.infer_s}
-
-
-class ServerPolicyProxy:
-    """RolloutPolicy that forwards to a `PolicyServer` (used inside env actors in server mode)."""
-
-    needs_env = False
-
-    def __init__(self, server, obs_keys: tuple[str, ...]):
-        self.server = server
-        self.obs_keys = obs_keys
-
-    def reset(self, env_ids: Sequence[int], contexts: Sequence[EpisodeContext]) -> list[str] | None:
-        return ray.get(self.server.reset.remote(list(env_ids), [c.without_env() for c in contexts]))
-
-    def act(self, env_ids: Sequence[int], obs: Sequence[dict[str, np.ndarray]], steps: Sequence[int]) -> np.ndarray:
-        # only the keys the policy reads travel: proprio-only policies send ~100 bytes per step
-        refs = [self.server.act.remote(int(i), {k: o[k] for k in self.obs_keys}, int(t))
-                for i, o, t in zip(env_ids, obs, steps)]
-        return np.stack(ray.get(refs))
 
 
 # ---------------------------------------------------------------------------------------------- pool
@@ -422,13 +278,20 @@ class RolloutPool:
             return None
 
     def shutdown(self) -> None:
-        for s in self.slots:
-            if s.actor is not None:
-                try:
-                    ray.kill(s.actor, no_restart=True)
-                except Exception:
-                    pass
-                s.actor, s.ref = None, None
+        # Idle actors close their simulator first (all at once, bounded wait); a busy or hung one is killed.
+        live = [s for s in self.slots if s.actor is not None]
+        closing = [s.actor.close.remote() for s in live if s.ref is None and s.ready_ref is None]
+        if closing:
+            try:
+                ray.wait(closing, num_returns=len(closing), timeout=30)
+            except Exception:
+                pass
+        for s in live:
+            try:
+                ray.kill(s.actor, no_restart=True)
+            except Exception:
+                pass
+            s.actor, s.ref, s.ready_ref = None, None, None
         if self.server is not None:
             self.server_final_stats = self.server_stats()
             ray.kill(self.server, no_restart=True)

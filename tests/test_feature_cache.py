@@ -282,7 +282,7 @@ class _UpstreamCLIP(torch.nn.Module):
     and parameter names (a tiny size: the test is the format; heads = width * 32 // 64 as CLIP builds it)."""
 
     def __init__(self):
-        from clad.model.vision import ModifiedResNet
+        from clad.model.clip_rn50 import ModifiedResNet
 
         super().__init__()
         self.visual = ModifiedResNet(layers=[1, 2, 1, 1], output_dim=24, heads=8, image_size=64, width=16)
@@ -302,7 +302,7 @@ class _CLIPBasedEncoder(torch.nn.Module):
 def test_decisionnce_converter_reads_upstream_keys_without_unpickling_code(tmp_path):
     from clad.errors import CheckpointError
     from clad.model.decisionnce_convert import convert
-    from clad.model.vision import load_clip_rn50
+    from clad.model.clip_rn50 import load_clip_rn50
 
     torch.manual_seed(0)
     upstream = _CLIPBasedEncoder().eval()

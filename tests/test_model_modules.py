@@ -15,7 +15,8 @@ from clad.model.normalizer import Normalizer
 from clad.model.tokenizers import ActionTokenizer, StateTokenizer
 from clad.model.unet1d import ConditionalUnet1D
 from clad.model.testing import one_thread
-from clad.model.vision import VisionEncoder, crop, downsample_images
+from clad.model.image_ops import crop, downsample_images
+from clad.model.vision import VisionEncoder
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 
 from clad.errors import CheckpointError, ConfigError
 from clad.model import CladModel, model_preset
+from clad.model.clip_rn50 import ModifiedResNet
 from clad.model.testing import fake_batch, fake_stats, one_thread
-from clad.model.vision import ModifiedResNet, VisionEncoder
+from clad.model.vision import VisionEncoder
 
 
 @pytest.fixture(autouse=True, scope="module")

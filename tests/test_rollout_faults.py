@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray]
 
 
 class FakeEnvActor:
-    """Same constructor as pipelines.rollout_pool.EnvActor. Episode 1 of each task crashes its actor once,
+    """Same constructor as pipelines.env_actor.EnvActor. Episode 1 of each task crashes its actor once,
     episode 2 hangs once, episode 3 crashes every time; the rest succeed when the episode is even."""
 
     def __init__(self, suite, policy_spec, camera_size, slot, name, video_size=128, server=None,
@@ -100,4 +100,35 @@ def test_an_actor_that_cannot_start_stops_the_run_with_its_reason(ray_session):
                        PolicySpec(kind="zero"), actor_cls=BrokenEnvActor)
     with pytest.raises(RuntimeError, match="LIBERO assets are missing"):
         pool.run(WorkList(plan), lambda r: None)
+    assert pool.actor_handles() == {}
+
+
+class ClosingEnvActor(FakeEnvActor):
+    """Every episode succeeds; `close()` leaves a marker (a real actor closes its GL context there)."""
+
+    def run(self, spec):
+        (self.marker_dir / f"ran_{self.name}").touch()
+        return EpisodeResult(suite=spec.suite, task_index=spec.task_index, task_name="t", episode=spec.episode,
+                             init_index=spec.init_index, seed=spec.seed, success=True, steps=5, wall_s=0.01,
+                             actor=self.name)
+
+    def close(self):
+        (self.marker_dir / f"closed_{self.name}").touch()
+
+
+def test_idle_actors_close_their_env_before_the_pool_ends_them(ray_session, tmp_path):
+    # An env actor ended with its GL context still open prints an EGL traceback from a destructor.
+    from ray import cloudpickle
+
+    from pipelines.rollout_pool import PoolConfig, RolloutPool
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    plan = plan_episodes("libero_object", [0], 4, base_seed=0, max_steps=10, settle_steps=0)
+    pool = RolloutPool(PoolConfig(suite="libero_object", num_actors=2, cpus_per_actor=0.25, poll_s=0.2),
+                       PolicySpec(kind="zero"), actor_cls=ClosingEnvActor, actor_kwargs={"marker_dir": str(tmp_path)})
+    seen: list[EpisodeResult] = []
+    pool.run(WorkList(plan), seen.append)
+    assert len(seen) == 4
+    ran = {p.name[4:] for p in tmp_path.glob("ran_*")}  # an actor still starting at the end has no env to close
+    assert ran and {p.name[7:] for p in tmp_path.glob("closed_*")} == ran
     assert pool.actor_handles() == {}

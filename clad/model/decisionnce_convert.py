@@ -71,7 +71,7 @@ def infer_config(visual: dict[str, torch.Tensor], source: str = "checkpoint") ->
 
 def convert(src: str | Path, out_dir: str | Path) -> Path:
     """Write `out_dir/model.safetensors` + `config.json`, then load them back with the project's loader to check."""
-    from clad.model.vision import load_clip_rn50
+    from clad.model.clip_rn50 import load_clip_rn50
 
     visual = visual_tower(read_state_dict(src), str(src))
     cfg = infer_config(visual, str(src))

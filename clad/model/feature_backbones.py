@@ -19,7 +19,8 @@ import torch
 from clad.data.features import register_backbone
 from clad.data.preprocess_config import FeatureBackboneConfig
 from clad.errors import ConfigError
-from clad.model.vision import clip_inputs, load_pretrained
+from clad.model.image_ops import clip_inputs
+from clad.model.pretrained import load_pretrained
 
 
 class PretrainedFeatures:

@@ -131,6 +131,6 @@ def build_vision(spec: EncoderSpec) -> VisionEncoder:
 
 def _pretrained_dim(spec: EncoderSpec) -> int:
     """The backbone's output width, read from the checkpoint directory (VisionEncoder checks it again)."""
-    from clad.model.vision import load_pretrained
+    from clad.model.pretrained import load_pretrained
 
     return int(load_pretrained(spec.backbone, spec.checkpoint, spec.open_clip_model).output_dim)

@@ -33,9 +33,10 @@ from torch import nn
 from clad.errors import ConfigError
 from clad.model.config import ModelConfig
 from clad.model.dynamics import CrossModalDynamics, ema_update, pool_tokens
+from clad.model.image_ops import downsample_images
 from clad.model.normalizer import Normalizer
 from clad.model.policy import ForesightPolicy
-from clad.model.vision import VisionEncoder, downsample_images
+from clad.model.vision import VisionEncoder
 
 Batch = Mapping[str, torch.Tensor]
 

@@ -35,7 +35,7 @@ def _random_rn50(folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from clad.model.vision import ModifiedResNet
+    from clad.model.clip_rn50 import ModifiedResNet
 
     torch.manual_seed(0)
     net = ModifiedResNet(layers=[3, 4, 6, 3], output_dim=1024, heads=32, image_size=224, width=64)

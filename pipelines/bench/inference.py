@@ -45,7 +45,7 @@ def _random_rn50_dir(folder: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from clad.model.vision import ModifiedResNet
+    from clad.model.clip_rn50 import ModifiedResNet
 
     torch.manual_seed(0)
     net = ModifiedResNet(RN50_META["layers"], RN50_META["output_dim"], RN50_META["heads"],

@@ -125,7 +125,8 @@ def bench_server(policy_spec, batch_sizes: list[int], repeats: int, wait_ms: flo
 
     from clad.eval.policy import EpisodeContext
     from clad.eval.registry import make_policy
-    from pipelines.rollout_pool import PolicyServer, actor_options
+    from pipelines.policy_server import PolicyServer
+    from pipelines.rollout_pool import actor_options
 
     cams = tuple(policy_spec.cameras) if policy_spec.kind == "tiny" else ()
     ctx = EpisodeContext(seed=1, suite="libero_object", task_index=0, task_name="t", language="pick", init_index=0)
