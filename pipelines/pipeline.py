@@ -157,10 +157,13 @@ def _stage_done(cfg: TrainConfig) -> bool:
     final, saved = storage.join(run, "final", "model.safetensors"), storage.join(run, "train_config.json")
     if not (storage.is_file(final) and storage.is_file(saved)):
         return False
-    from pipelines.train import with_dataset_conventions
+    saved_cfg = TrainConfig.model_validate(storage.read_json(saved))
+    if saved_cfg.model.image_orientation != cfg.model.image_orientation:
+        from pipelines.train import with_dataset_conventions
 
-    # the saved config has the dataset's conventions filled in (run_training does that): compare like with like
-    return config_hash(TrainConfig.model_validate(storage.read_json(saved))) == config_hash(with_dataset_conventions(cfg))
+        # run_training fills in the dataset's conventions before saving: compare like with like
+        cfg = with_dataset_conventions(cfg)
+    return config_hash(saved_cfg) == config_hash(cfg)
 
 
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:

@@ -363,13 +363,13 @@ def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> d
 def with_dataset_conventions(cfg: TrainConfig) -> TrainConfig:
     """The config with the dataset's recorded conventions filled in (model.image_orientation), so the
     checkpoint carries what evaluation must reproduce."""
-    from clad.data.conventions import resolve_model_orientation
+    from clad.data.conventions import OPENGL, resolve_model_orientation
     from clad.data.manifest import read_manifest
 
     orientation = resolve_model_orientation(cfg.model.image_orientation, read_manifest(cfg.dataset_dir),
                                             cfg.dataset_dir)
-    if orientation == cfg.model.image_orientation:
-        return cfg
+    if orientation == cfg.model.image_orientation or (cfg.model.image_orientation is None and orientation == OPENGL):
+        return cfg  # unset means OpenGL (LIBERO's HDF5 and the raw simulator): the config and its hash stay as given
     model = cfg.model.model_copy(update={"image_orientation": orientation})
     return cfg.model_copy(update={"model": model})
 
