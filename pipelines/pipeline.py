@@ -77,8 +77,20 @@ class PipelineConfig(FrozenConfig):
     @pydantic.model_validator(mode="after")
     def _check_steps(self):
         # fail now, not after an hour of demos, if a stage or the evaluation config is wrong
+        # (a bucket output_dir reaches the stages, whose checks refuse what needs a local folder)
+        runs = storage.join(self.output_dir, "train") if storage.is_remote(self.output_dir) else Path("<runs>")
         for stage in self.stages:
-            self.stage_config(stage, Path("<dataset>"), Path("<runs>"))
+            self.stage_config(stage, Path("<dataset>"), runs)
+        if self.cache_features:  # else a wrong variant fails only after stage 1 has trained
+            from clad.training.data_source import feature_training_error
+
+            why = feature_training_error(self.stage_config("stage2", Path("<dataset>"), runs))
+            if why:
+                raise ValueError(f"cache_features: {why}; or set cache_features=false")
+            if storage.is_remote(self.output_dir):
+                raise ValueError(f"cache_features: the feature set is written beside the dataset on local disk, "
+                                 f"and output_dir {self.output_dir} is in object storage: set cache_features=false "
+                                 "or a local (or mounted) output_dir")
         self.eval_config(Path("<model>"))
         if self.eval_checkpoint not in ("final", "best"):
             raise ValueError(f"eval_checkpoint must be 'final' or 'best', got {self.eval_checkpoint!r}")

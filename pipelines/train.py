@@ -419,9 +419,6 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
 
         preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor)
-        if storage.is_remote(run_dir):
-            raise ConfigError("eval_every: evaluation during training needs a local (or mounted) output_dir for "
-                              f"now, not {run_dir}: evaluate the bucket's checkpoints with `clad eval`, or unset eval_every")
         evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or storage.parent(run_dir)) / (run_name or cfg.name),
                                         tracking=tracking, on_result=on_eval_result).start()
     trainer = CladTorchTrainer(

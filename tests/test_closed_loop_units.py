@@ -119,3 +119,29 @@ def test_pipeline_can_evaluate_the_best_checkpoint_only_with_eval_every():
         load_pipeline_config(None, ["eval_checkpoint=best"])
     with pytest.raises(ConfigError, match="'final' or 'best'"):
         load_pipeline_config(None, ["eval_checkpoint=last"])
+
+
+def test_eval_every_with_a_bucket_output_dir_is_refused_when_the_config_loads():
+    """Evaluation during training writes with local paths; a bucket output_dir must fail on the driver at load
+    time (train, tune's base, the pipeline's stage 2), not inside the run after stage 1 has trained."""
+    from clad.training.config import load_train_config
+    from pipelines.pipeline import load_pipeline_config
+
+    base = ["dataset_dir=ds", "stage=stage2", "model.policy.foresight=none", "model_preset=tiny",
+            "closed_loop.suite=libero_object", "checkpoint_every=200", "eval_every=200"]
+    with pytest.raises(ConfigError, match=r"eval_every=200 needs a local \(or mounted\) output_dir, not s3://b/runs"):
+        load_train_config(None, [*base, "output_dir=s3://b/runs"])
+    assert load_train_config(None, [*base, "output_dir=file:///tmp/runs"]).eval_every == 200
+    with pytest.raises(ConfigError, match="needs a local"):
+        load_pipeline_config(None, ["output_dir=s3://b/p", "input_dir=/data/libero", "stage2.eval_every=500",
+                                    "stage2.checkpoint_every=500", "stage2.closed_loop.suite=libero_object"])
+
+
+def test_pipeline_cache_features_refuses_what_would_fail_after_stage_1():
+    from pipelines.pipeline import load_pipeline_config
+
+    with pytest.raises(ConfigError, match="cache_features: policy.augment='random_crop'"):
+        load_pipeline_config(None, ["cache_features=true", "stage2.model.policy.augment=random_crop"])
+    with pytest.raises(ConfigError, match="cache_features: the feature set is written beside the dataset"):
+        load_pipeline_config(None, ["cache_features=true", "output_dir=s3://b/p", "input_dir=/data/libero"])
+    assert load_pipeline_config(None, ["cache_features=true"]).cache_features
