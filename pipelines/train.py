@@ -538,7 +538,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         ray.shutdown()  # stops the workers (and a local cluster) at once
         _mark_killed(tracking, storage.join(cfg.run_location, "final"))
-        print(f"\ninterrupted: checkpoints so far are in {cfg.run_dir}; run the same command again to resume",
+        print(f"\ninterrupted: checkpoints so far are in {cfg.run_location}; run the same command again to resume",
               file=sys.stderr)
         return 130
     if result.error:
