@@ -354,6 +354,10 @@ def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> d
     _window_spec(cfg, "train")
     if cfg.stage == "stage2" and cfg.model.has_dynamics:
         check_stage1_checkpoint(cfg, manifest)
+    if cfg.loader.feature_set is not None:  # before Ray starts and the log is opened, not only in _fit
+        from clad.training.data_source import check_feature_set
+
+        check_feature_set(cfg)
     if resume_from is not None:
         check_resume_dir(resume_from)
     check_folder_arg(cfg.run_location, "output_dir")

@@ -130,7 +130,7 @@ def test_a_feature_set_of_another_encoder_or_dataset_is_refused(dataset, extract
     from clad.model.frozen_encoder import EncoderSpec
     from clad.training.config import load_train_config
     from pipelines.features import prepare
-    from pipelines.train import data_sources
+    from pipelines.train import check_training_inputs, data_sources
 
     root = extracted["root"]
     other = _stage1_checkpoint(tmp_path / "other", 1, dataset)  # same architecture, other weights
@@ -139,6 +139,8 @@ def test_a_feature_set_of_another_encoder_or_dataset_is_refused(dataset, extract
                             base={"model": _tiny_cfg().to_dict()})
     with pytest.raises(fs.FeatureSetError, match="another encoder.*weights_sha256"):
         data_sources(cfg)
+    with pytest.raises(fs.FeatureSetError, match="another encoder.*weights_sha256"):
+        check_training_inputs(cfg)  # `clad train` refuses it before starting Ray
     # writing another encoder's features into this folder is refused before any work
     with pytest.raises(fs.FeatureSetError, match="another encoder"):
         prepare(dataset, EncoderSpec(source="stage1", checkpoint=str(other)), out=root)
