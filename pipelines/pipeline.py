@@ -298,9 +298,7 @@ def main(args: argparse.Namespace) -> int:
     from pipelines import logs
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    # a bucket output_dir: the log goes to this machine's cache (a local Path of a URI would be a folder 's3:/...')
-    log_file = logs.attach_log_file(storage.cache_root() / "logs" / cfg.name if storage.is_remote(cfg.location)
-                                    else cfg.out)
+    log_file = logs.attach_log_file(cfg.location)  # a bucket output_dir: in this machine's cache (pipelines/logs.py)
     summary = run_pipeline(cfg, address=args.address, tracking_uri=args.tracking_uri)
     print()
     print(summary["table"])

@@ -143,3 +143,20 @@ def test_verbose_puts_every_library_back_on_the_console_and_our_debug_too():
     finally:
         logs.close()
     assert logging.getLogger("pipelines").level == logging.NOTSET  # close() undoes it
+
+
+def test_a_bucket_output_folder_gets_its_log_in_the_local_cache(tmp_path, monkeypatch):
+    """`clad preprocess --out s3://b/ds` and `clad pipeline -o output_dir=s3://...` must not create a local
+    folder named 's3:' in the working directory."""
+    from clad import storage
+
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    logs.configure(verbose=False)
+    try:
+        path = logs.attach_log_file("s3://bucket/prefix/ds")
+        logging.getLogger("pipelines.x").info("written locally")
+    finally:
+        logs.close()
+    assert path == storage.cache_root() / "logs" / "ds" / logs.LOG_FILE_NAME
+    assert "written locally" in path.read_text() and not (tmp_path / "s3:").exists()
