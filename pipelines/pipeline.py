@@ -172,6 +172,19 @@ def _stage_done(cfg: TrainConfig) -> bool:
     return config_hash(TrainConfig.model_validate(storage.read_json(saved))) == config_hash(cfg)
 
 
+def check_pipeline_inputs(cfg: PipelineConfig) -> str:
+    """What the config alone cannot check, before any output, Ray or MLflow run. Returns output_dir's location."""
+    out = cfg.location  # an absolute local path or a URI
+    if cfg.input_dir and not Path(cfg.input_dir).expanduser().is_dir():
+        raise ConfigError(f"input_dir {cfg.input_dir} is not a folder: point it at a folder of LIBERO *_demo.hdf5 "
+                          "files (or a LeRobot dataset), or drop input_dir to script demonstrations")
+    if storage.is_remote(out) and not cfg.input_dir:
+        raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
+                          "local disk: set input_dir to LIBERO files on storage every node mounts")
+    storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    return out
+
+
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run (or resume) every step; returns the summary that is also written to <output_dir>/summary.json."""
     import mlflow
@@ -183,11 +196,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
     from pipelines.tracking import resolve_tracking, start_run
     from pipelines.train import run_training
 
-    out = cfg.location  # an absolute local path or a URI
-    if storage.is_remote(out) and not cfg.input_dir:
-        raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
-                          "local disk: set input_dir to LIBERO files on storage every node mounts")
-    storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    out = check_pipeline_inputs(cfg)
     storage.write_json(storage.join(out, "pipeline_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     init_ray(address=address)
     tracking = resolve_tracking(out, uri=tracking_uri or cfg.tracking_uri, experiment=cfg.mlflow_experiment)
@@ -202,9 +211,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
 
         # 1. demonstrations (only without a user dataset)
         if cfg.input_dir:
-            input_dir = Path(cfg.input_dir).expanduser().resolve()
-            if not input_dir.is_dir():
-                raise ConfigError(f"input_dir {input_dir} does not exist: point it at a folder of LIBERO *_demo.hdf5 files")
+            input_dir = Path(cfg.input_dir).expanduser().resolve()  # checked in check_pipeline_inputs
             summary["steps"]["demos"] = {"skipped": "input_dir given", "input_dir": str(input_dir)}
         else:
             d = cfg.demos
@@ -298,6 +305,7 @@ def main(args: argparse.Namespace) -> int:
     from pipelines import logs
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    check_pipeline_inputs(cfg)  # refused before the log, Ray or an MLflow run starts
     log_file = logs.attach_log_file(cfg.location)  # a bucket output_dir: in this machine's cache (pipelines/logs.py)
     summary = run_pipeline(cfg, address=args.address, tracking_uri=args.tracking_uri)
     print()

@@ -31,6 +31,16 @@ def test_bad_pipeline_config_names_section_and_field():
         load_pipeline_config("nope")
 
 
+def test_a_missing_input_dir_is_refused_before_any_output_ray_or_mlflow_run(tmp_path):
+    from pipelines.pipeline import load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config(None, [f"input_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'out'}",
+                                      f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    with pytest.raises(ConfigError, match=r"input_dir .*nowhere is not a folder: point it at a folder of LIBERO"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "out" / "pipeline_config.json").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_shipped_configs_load():
     from pipelines.pipeline import load_pipeline_config
 
