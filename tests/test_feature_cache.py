@@ -421,3 +421,17 @@ def test_random_crop_augmentation_cannot_train_from_cached_features():
     cropped = load_train_config(None, [*base, "model.policy.augment=random_crop"])
     assert "augment" in feature_training_error(cropped)
     assert feature_training_error(load_train_config(None, [*base, "model.policy.augment=none"])) is None
+
+
+def test_clad_features_refuses_object_storage_locations_by_flag(tmp_path):
+    from clad.errors import ConfigError
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    for argv, flag in ((["features", "s3://b/ds", "--stage1", str(tmp_path)], "DATASET"),
+                       (["features", str(tmp_path), "--stage1", "s3://b/runs/stage1"], "--stage1"),
+                       (["features", str(tmp_path), "--stage1", str(tmp_path), "--out", "gs://b/f"], "--out")):
+        args = parser.parse_args(argv)
+        with pytest.raises(ConfigError, match=f"{flag} .*local \\(or mounted\\) storage only"):
+            args.func(args)
+    assert not (tmp_path / "s3:").exists()
