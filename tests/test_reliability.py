@@ -186,6 +186,13 @@ def test_deterministic_worker_errors_are_not_retried():
     assert str(training_error(text_only)) == "x.parquet is bad"
     lost = WorkerGroupError("rank 1", {1: RuntimeError("worker died")})
     assert policy.make_decision(lost) == FailureDecision.RETRY  # a lost worker is still worth a restart
+    # object storage from inside a worker: a denied permission is deterministic, an unreachable endpoint is not
+    from clad.storage import _explain
+
+    denied = _explain(PermissionError("AccessDenied"), "s3://b/runs/stage1/x", "write")
+    assert policy.make_decision(WorkerGroupError("rank 0", {0: denied})) == FailureDecision.RAISE
+    gone = _explain(OSError("curl error: Couldn't connect to server"), "s3://b/runs/stage1/x", "write")
+    assert policy.make_decision(WorkerGroupError("rank 0", {0: gone})) == FailureDecision.RETRY
 
 
 # ------------------------------------------------------------------------------------------- output folders
