@@ -49,6 +49,8 @@ BEST_DIR = "best"
 BEST_FILE = "best_checkpoints.json"
 RANKS_FILE = "rank_correlation.json"
 MODEL_FILES = ("model.safetensors", "config.json", "stats.json")
+# copied when present: the instruction table, so rollouts and best/ condition on the training instructions
+OPTIONAL_MODEL_FILES = ("tasks.json",)  # clad/model/task_table.py TASK_TABLE
 SUCCESS_KEY = "closed_loop/success_rate"
 
 
@@ -140,6 +142,9 @@ def _copy_dir(src: Path, dst: Path, files=MODEL_FILES) -> None:
     tmp.mkdir(parents=True)
     for name in files:
         shutil.copy2(src / name, tmp / name)
+    for name in OPTIONAL_MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():

@@ -87,7 +87,7 @@ def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
     def finish(step, successes, loss):
         d = cfg.run_dir / "closed_loop" / f"step_{step:07d}"
         (d / "model").mkdir(parents=True)
-        for name in ("model.safetensors", "config.json", "stats.json"):
+        for name in ("model.safetensors", "config.json", "stats.json", "tasks.json"):
             (d / "model" / name).write_text(f"{name} of step {step}")
         (d / "result.json").write_text(json.dumps({**_rec(step, successes, n=4, loss=loss), "ci95": [0, 1],
                                                    "model": str(d / "model")}))
@@ -100,6 +100,8 @@ def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
     best = json.loads((cfg.run_dir / "best_checkpoints.json").read_text())
     assert [b["step"] for b in best["best"]] == [2, 3]
     assert (cfg.run_dir / "best" / "model.safetensors").read_text() == "model.safetensors of step 2"
+    # the instruction table travels with the model: `clad eval --checkpoint <run>/best` conditions on it
+    assert (cfg.run_dir / "best" / "tasks.json").read_text() == "tasks.json of step 2"
     assert not (cfg.run_dir / "closed_loop" / "step_0000001" / "model").exists()  # fell out of the top 2
     assert (cfg.run_dir / "closed_loop" / "step_0000001" / "result.json").is_file()
     ranks = json.loads((cfg.run_dir / "closed_loop" / "rank_correlation.json").read_text())
@@ -145,3 +147,20 @@ def test_pipeline_cache_features_refuses_what_would_fail_after_stage_1():
     with pytest.raises(ConfigError, match="cache_features: the feature set is written beside the dataset"):
         load_pipeline_config(None, ["cache_features=true", "output_dir=s3://b/p", "input_dir=/data/libero"])
     assert load_pipeline_config(None, ["cache_features=true"]).cache_features
+
+
+def test_checkpoint_copies_keep_the_instruction_table(tmp_path):
+    from clad.model.task_table import TASK_TABLE
+    from pipelines.eval_during_training import OPTIONAL_MODEL_FILES, _copy_dir
+
+    assert TASK_TABLE in OPTIONAL_MODEL_FILES
+    src = tmp_path / "checkpoint_000001"
+    src.mkdir()
+    for name in ("model.safetensors", "config.json", "stats.json", TASK_TABLE, "training_state.json"):
+        (src / name).write_text(name)
+    _copy_dir(src, tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "model.safetensors",
+                                                                      "stats.json", TASK_TABLE]
+    (src / TASK_TABLE).unlink()  # a dataset without a table (older preprocessing): still copied
+    _copy_dir(src, tmp_path / "copy")
+    assert not (tmp_path / "copy" / TASK_TABLE).exists() and (tmp_path / "copy" / "config.json").is_file()
