@@ -522,9 +522,6 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     check_training_inputs(cfg, args.resume_from)  # before starting Ray
-    from pipelines import logs
-
-    log_file = logs.attach_log_file(_local_log_dir(cfg))
     tracking = resolve_tracking(cfg.output_dir, uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)
     check_tracking(tracking)
@@ -536,6 +533,9 @@ def main(args: argparse.Namespace) -> int:
         except Exception:
             raise ConfigError(f"parent_run_id {cfg.parent_run_id} is not a run in {tracking.uri}: drop it "
                               "(-o parent_run_id=null) or use the store it belongs to") from None
+    from pipelines import logs
+
+    log_file = logs.attach_log_file(_local_log_dir(cfg))  # only once every check passed: no folder left behind
     init_ray(address=args.address)
     try:
         result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
