@@ -169,7 +169,10 @@ def _stage_done(cfg: TrainConfig) -> bool:
     final, saved = storage.join(run, "final", "model.safetensors"), storage.join(run, "train_config.json")
     if not (storage.is_file(final) and storage.is_file(saved)):
         return False
-    return config_hash(TrainConfig.model_validate(storage.read_json(saved))) == config_hash(cfg)
+    from pipelines.train import with_dataset_conventions
+
+    # the saved config carries the dataset's conventions filled in (model.image_orientation); compare like with like
+    return config_hash(TrainConfig.model_validate(storage.read_json(saved))) == config_hash(with_dataset_conventions(cfg))
 
 
 def check_pipeline_inputs(cfg: PipelineConfig) -> str:
