@@ -39,11 +39,16 @@ CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node
 
 
 class StorageError(CladError, OSError):
-    """A location cannot be read or written: wrong bucket, missing credentials, no permission, read-only."""
+    """A location cannot be read or written: wrong bucket, missing credentials, no permission, read-only.
 
-    def __init__(self, message: str, fix: str = ""):
+    `transient` marks failures that may pass on a retry (endpoint unreachable, timeouts, an unexplained server
+    error): inside a training worker those are worth Ray Train's restart, unlike a wrong bucket or a denied
+    permission (pipelines/failure_policy.py)."""
+
+    def __init__(self, message: str, fix: str = "", transient: bool = False):
         super().__init__(message)
         self.fix = fix or message
+        self.transient = transient
 
     def __str__(self) -> str:
         return self.args[0]
@@ -354,6 +359,7 @@ def _explain(err: BaseException, loc: str, action: str) -> StorageError:
     text = str(err)
     low = text.lower()
     bucket = loc.split("://", 1)[1].split("/", 1)[0] if is_remote(loc) else ""
+    transient = False
     if "no_such_bucket" in low or "nosuchbucket" in low or "bucket does not exist" in low or "bucket not found" in low:
         fix = (f"bucket '{bucket}' does not exist or is in another account: create it (e.g. `aws s3 mb s3://{bucket}`) "
                "or fix the URI")
@@ -372,12 +378,14 @@ def _explain(err: BaseException, loc: str, action: str) -> StorageError:
     elif "connect" in low or "curl" in low or "endpoint" in low or "timeout" in low:
         fix = ("the storage endpoint cannot be reached: check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and the "
                "network")
+        transient = True
     elif is_remote(loc) and loc.startswith("s3://") and not _aws_credentials_visible():
         fix = ("no AWS credentials found: on a cluster give the nodes an instance role with access to the bucket; "
                "locally set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
     else:
         fix = f"cannot {action} it ({text.splitlines()[0] if text else type(err).__name__})"
-    return StorageError(f"{loc}: {fix}", fix)
+        transient = True  # e.g. a 503 SlowDown or an internal error of the store
+    return StorageError(f"{loc}: {fix}", fix, transient=transient)
 
 
 def _aws_credentials_visible() -> bool:

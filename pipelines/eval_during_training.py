@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from clad import storage
 from clad.errors import ConfigError
 from clad.training.closed_loop import ClosedLoopConfig, rank_correlations, select_best, should_evaluate
 from clad.training.config import TrainConfig
@@ -48,6 +49,8 @@ BEST_DIR = "best"
 BEST_FILE = "best_checkpoints.json"
 RANKS_FILE = "rank_correlation.json"
 MODEL_FILES = ("model.safetensors", "config.json", "stats.json")
+# copied when present: the instruction table, so rollouts and best/ condition on the training instructions
+OPTIONAL_MODEL_FILES = ("tasks.json",)  # clad/model/task_table.py TASK_TABLE
 SUCCESS_KEY = "closed_loop/success_rate"
 
 
@@ -76,9 +79,9 @@ def preflight(cfg: TrainConfig, train_cpus: float) -> None:
     cl = cfg.closed_loop
     wanted = cl.tasks if cl.tasks is not None else [str(i) for i in range(len(list_tasks(cl.suite)))]
     specs = [get_task(cl.suite, t) for t in wanted]  # a bad suite or task raises a CladError naming it
-    tasks_file = Path(cfg.dataset_dir) / TASKS
-    if tasks_file.is_file():
-        have = {t["name"] for t in json.loads(tasks_file.read_text()).get("tasks", [])}
+    tasks_file = storage.join(cfg.dataset_dir, TASKS)  # the dataset may be in a bucket
+    if storage.is_file(tasks_file):
+        have = {t["name"] for t in storage.read_json(tasks_file).get("tasks", [])}
         missing = [s.name for s in specs if s.name not in have]
         if missing:
             raise ConfigError(f"closed_loop.tasks: {cl.suite} tasks {missing} are not in the dataset "
@@ -139,6 +142,9 @@ def _copy_dir(src: Path, dst: Path, files=MODEL_FILES) -> None:
     tmp.mkdir(parents=True)
     for name in files:
         shutil.copy2(src / name, tmp / name)
+    for name in OPTIONAL_MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():

@@ -45,7 +45,7 @@ def _chain(err: BaseException | None) -> Iterable[BaseException]:
 def deterministic_error(err: BaseException | None) -> CladError | None:
     """The CladError behind a (possibly Ray-wrapped) worker failure, or None if it is something else."""
     for e in _chain(err):
-        if isinstance(e, CladError):
+        if isinstance(e, CladError) and not getattr(e, "transient", False):  # a storage hiccup is retried
             return e
     for e in _chain(err):  # a worker exception that crossed a process boundary may keep only its text
         m = _NAMED.search(str(e))

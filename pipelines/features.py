@@ -203,6 +203,13 @@ def spec_from_args(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from pipelines.ray_runtime import init_ray
 
+    from clad import storage
+
+    for flag, value in (("DATASET", args.dataset), ("--out", args.out), ("--stage1", args.stage1),
+                        ("--weights", args.weights)):
+        if value and storage.is_remote(value):  # a Path of "s3://b/x" would name a local folder "s3:"
+            raise ConfigError(f"{flag} {value}: feature sets are read and written on local (or mounted) storage "
+                              "only; copy the dataset and the checkpoint to a local folder or a shared mount")
     spec = spec_from_args(args)
     dataset = Path(args.dataset).resolve()
     prepare(dataset, spec, args.out)  # every refusal on the driver, before Ray starts

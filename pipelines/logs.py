@@ -138,7 +138,13 @@ def is_configured() -> bool:
 def attach_log_file(out_dir: str | Path) -> Path:
     """Append this command's records (and those of the Ray workers it starts) to `<out_dir>/clad.log`.
 
-    Outside a `clad` command (library use, tests) nothing is attached and the path is only returned."""
+    Outside a `clad` command (library use, tests) nothing is attached and the path is only returned.
+    An object-storage `out_dir` (s3://...) gets its log in this machine's cache, `<cache>/logs/<its name>/`:
+    a log is appended line by line, which a bucket cannot do (and Path("s3://b/x") would be a local "s3:" folder)."""
+    from clad import storage
+
+    if storage.is_remote(out_dir):
+        out_dir = storage.cache_root() / "logs" / storage.name(out_dir)
     path = (Path(out_dir).expanduser() / LOG_FILE_NAME).resolve()
     if _state["file"] == path or not _state["configured"]:
         return path

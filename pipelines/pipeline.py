@@ -77,8 +77,20 @@ class PipelineConfig(FrozenConfig):
     @pydantic.model_validator(mode="after")
     def _check_steps(self):
         # fail now, not after an hour of demos, if a stage or the evaluation config is wrong
+        # (a bucket output_dir reaches the stages, whose checks refuse what needs a local folder)
+        runs = storage.join(self.output_dir, "train") if storage.is_remote(self.output_dir) else Path("<runs>")
         for stage in self.stages:
-            self.stage_config(stage, Path("<dataset>"), Path("<runs>"))
+            self.stage_config(stage, Path("<dataset>"), runs)
+        if self.cache_features:  # else a wrong variant fails only after stage 1 has trained
+            from clad.training.data_source import feature_training_error
+
+            why = feature_training_error(self.stage_config("stage2", Path("<dataset>"), runs))
+            if why:
+                raise ValueError(f"cache_features: {why}; or set cache_features=false")
+            if storage.is_remote(self.output_dir):
+                raise ValueError(f"cache_features: the feature set is written beside the dataset on local disk, "
+                                 f"and output_dir {self.output_dir} is in object storage: set cache_features=false "
+                                 "or a local (or mounted) output_dir")
         self.eval_config(Path("<model>"))
         if self.eval_checkpoint not in ("final", "best"):
             raise ValueError(f"eval_checkpoint must be 'final' or 'best', got {self.eval_checkpoint!r}")
@@ -166,6 +178,19 @@ def _stage_done(cfg: TrainConfig) -> bool:
     return config_hash(saved_cfg) == config_hash(cfg)
 
 
+def check_pipeline_inputs(cfg: PipelineConfig) -> str:
+    """What the config alone cannot check, before any output, Ray or MLflow run. Returns output_dir's location."""
+    out = cfg.location  # an absolute local path or a URI
+    if cfg.input_dir and not Path(cfg.input_dir).expanduser().is_dir():
+        raise ConfigError(f"input_dir {cfg.input_dir} is not a folder: point it at a folder of LIBERO *_demo.hdf5 "
+                          "files (or a LeRobot dataset), or drop input_dir to script demonstrations")
+    if storage.is_remote(out) and not cfg.input_dir:
+        raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
+                          "local disk: set input_dir to LIBERO files on storage every node mounts")
+    storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    return out
+
+
 def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run (or resume) every step; returns the summary that is also written to <output_dir>/summary.json."""
     import mlflow
@@ -177,14 +202,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
     from pipelines.tracking import check_tracking, resolve_tracking, start_run
     from pipelines.train import run_training
 
-    out = cfg.location  # an absolute local path or a URI
-    if storage.is_remote(out) and not cfg.input_dir:
-        raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
-                          "local disk: set input_dir to LIBERO files on storage every node mounts")
-    if cfg.input_dir and not Path(cfg.input_dir).expanduser().is_dir():
-        raise ConfigError(f"input_dir {Path(cfg.input_dir).expanduser().resolve()} does not exist: point it at a "
-                          "folder of LIBERO *_demo.hdf5 files or a LeRobot dataset")
-    storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
+    out = check_pipeline_inputs(cfg)
     tracking = resolve_tracking(out, uri=tracking_uri or cfg.tracking_uri, experiment=cfg.mlflow_experiment)
     check_tracking(tracking)  # an unreachable tracking server fails here, naming the URI, not after the demos
     storage.write_json(storage.join(out, "pipeline_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
@@ -200,9 +218,7 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
 
         # 1. demonstrations (only without a user dataset)
         if cfg.input_dir:
-            input_dir = Path(cfg.input_dir).expanduser().resolve()
-            if not input_dir.is_dir():
-                raise ConfigError(f"input_dir {input_dir} does not exist: point it at a folder of LIBERO *_demo.hdf5 files")
+            input_dir = Path(cfg.input_dir).expanduser().resolve()  # checked in check_pipeline_inputs
             summary["steps"]["demos"] = {"skipped": "input_dir given", "input_dir": str(input_dir)}
         else:
             d = cfg.demos
@@ -296,7 +312,8 @@ def main(args: argparse.Namespace) -> int:
     from pipelines import logs
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    log_file = logs.attach_log_file(cfg.out)
+    check_pipeline_inputs(cfg)  # refused before the log, Ray or an MLflow run starts
+    log_file = logs.attach_log_file(cfg.location)  # a bucket output_dir: in this machine's cache (pipelines/logs.py)
     summary = run_pipeline(cfg, address=args.address, tracking_uri=args.tracking_uri)
     print()
     print(summary["table"])

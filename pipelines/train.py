@@ -354,6 +354,10 @@ def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> d
     _window_spec(cfg, "train")
     if cfg.stage == "stage2" and cfg.model.has_dynamics:
         check_stage1_checkpoint(cfg, manifest)
+    if cfg.loader.feature_set is not None:  # before Ray starts and the log is opened, not only in _fit
+        from clad.training.data_source import check_feature_set
+
+        check_feature_set(cfg)
     if resume_from is not None:
         check_resume_dir(resume_from)
     check_folder_arg(cfg.run_location, "output_dir")
@@ -419,9 +423,6 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
 
         preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor)
-        if storage.is_remote(run_dir):
-            raise ConfigError("eval_every: evaluation during training needs a local (or mounted) output_dir for "
-                              f"now, not {run_dir}: evaluate the bucket's checkpoints with `clad eval`, or unset eval_every")
         evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or storage.parent(run_dir)) / (run_name or cfg.name),
                                         tracking=tracking, on_result=on_eval_result).start()
     trainer = CladTorchTrainer(
@@ -521,9 +522,6 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     check_training_inputs(cfg, args.resume_from)  # before starting Ray
-    from pipelines import logs
-
-    log_file = logs.attach_log_file(_local_log_dir(cfg))
     tracking = resolve_tracking(cfg.output_dir, uri=args.tracking_uri or cfg.tracking_uri,
                                 experiment=cfg.mlflow_experiment)
     check_tracking(tracking)
@@ -535,13 +533,16 @@ def main(args: argparse.Namespace) -> int:
         except Exception:
             raise ConfigError(f"parent_run_id {cfg.parent_run_id} is not a run in {tracking.uri}: drop it "
                               "(-o parent_run_id=null) or use the store it belongs to") from None
+    from pipelines import logs
+
+    log_file = logs.attach_log_file(_local_log_dir(cfg))  # only once every check passed: no folder left behind
     init_ray(address=args.address)
     try:
         result = run_training(cfg, tracking=tracking, resume_from=args.resume_from)
     except KeyboardInterrupt:
         ray.shutdown()  # stops the workers (and a local cluster) at once
         _mark_killed(tracking, storage.join(cfg.run_location, "final"))
-        print(f"\ninterrupted: checkpoints so far are in {cfg.run_dir}; run the same command again to resume",
+        print(f"\ninterrupted: checkpoints so far are in {cfg.run_location}; run the same command again to resume",
               file=sys.stderr)
         return 130
     if result.error:

@@ -87,7 +87,7 @@ def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
     def finish(step, successes, loss):
         d = cfg.run_dir / "closed_loop" / f"step_{step:07d}"
         (d / "model").mkdir(parents=True)
-        for name in ("model.safetensors", "config.json", "stats.json"):
+        for name in ("model.safetensors", "config.json", "stats.json", "tasks.json"):
             (d / "model" / name).write_text(f"{name} of step {step}")
         (d / "result.json").write_text(json.dumps({**_rec(step, successes, n=4, loss=loss), "ci95": [0, 1],
                                                    "model": str(d / "model")}))
@@ -100,6 +100,8 @@ def test_best_folder_pruning_and_rank_file_from_result_files(tmp_path, capsys):
     best = json.loads((cfg.run_dir / "best_checkpoints.json").read_text())
     assert [b["step"] for b in best["best"]] == [2, 3]
     assert (cfg.run_dir / "best" / "model.safetensors").read_text() == "model.safetensors of step 2"
+    # the instruction table travels with the model: `clad eval --checkpoint <run>/best` conditions on it
+    assert (cfg.run_dir / "best" / "tasks.json").read_text() == "tasks.json of step 2"
     assert not (cfg.run_dir / "closed_loop" / "step_0000001" / "model").exists()  # fell out of the top 2
     assert (cfg.run_dir / "closed_loop" / "step_0000001" / "result.json").is_file()
     ranks = json.loads((cfg.run_dir / "closed_loop" / "rank_correlation.json").read_text())
@@ -119,3 +121,46 @@ def test_pipeline_can_evaluate_the_best_checkpoint_only_with_eval_every():
         load_pipeline_config(None, ["eval_checkpoint=best"])
     with pytest.raises(ConfigError, match="'final' or 'best'"):
         load_pipeline_config(None, ["eval_checkpoint=last"])
+
+
+def test_eval_every_with_a_bucket_output_dir_is_refused_when_the_config_loads():
+    """Evaluation during training writes with local paths; a bucket output_dir must fail on the driver at load
+    time (train, tune's base, the pipeline's stage 2), not inside the run after stage 1 has trained."""
+    from clad.training.config import load_train_config
+    from pipelines.pipeline import load_pipeline_config
+
+    base = ["dataset_dir=ds", "stage=stage2", "model.policy.foresight=none", "model_preset=tiny",
+            "closed_loop.suite=libero_object", "checkpoint_every=200", "eval_every=200"]
+    with pytest.raises(ConfigError, match=r"eval_every=200 needs a local \(or mounted\) output_dir, not s3://b/runs"):
+        load_train_config(None, [*base, "output_dir=s3://b/runs"])
+    assert load_train_config(None, [*base, "output_dir=file:///tmp/runs"]).eval_every == 200
+    with pytest.raises(ConfigError, match="needs a local"):
+        load_pipeline_config(None, ["output_dir=s3://b/p", "input_dir=/data/libero", "stage2.eval_every=500",
+                                    "stage2.checkpoint_every=500", "stage2.closed_loop.suite=libero_object"])
+
+
+def test_pipeline_cache_features_refuses_what_would_fail_after_stage_1():
+    from pipelines.pipeline import load_pipeline_config
+
+    with pytest.raises(ConfigError, match="cache_features: policy.augment='random_crop'"):
+        load_pipeline_config(None, ["cache_features=true", "stage2.model.policy.augment=random_crop"])
+    with pytest.raises(ConfigError, match="cache_features: the feature set is written beside the dataset"):
+        load_pipeline_config(None, ["cache_features=true", "output_dir=s3://b/p", "input_dir=/data/libero"])
+    assert load_pipeline_config(None, ["cache_features=true"]).cache_features
+
+
+def test_checkpoint_copies_keep_the_instruction_table(tmp_path):
+    from clad.model.task_table import TASK_TABLE
+    from pipelines.eval_during_training import OPTIONAL_MODEL_FILES, _copy_dir
+
+    assert TASK_TABLE in OPTIONAL_MODEL_FILES
+    src = tmp_path / "checkpoint_000001"
+    src.mkdir()
+    for name in ("model.safetensors", "config.json", "stats.json", TASK_TABLE, "training_state.json"):
+        (src / name).write_text(name)
+    _copy_dir(src, tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "model.safetensors",
+                                                                      "stats.json", TASK_TABLE]
+    (src / TASK_TABLE).unlink()  # a dataset without a table (older preprocessing): still copied
+    _copy_dir(src, tmp_path / "copy")
+    assert not (tmp_path / "copy" / TASK_TABLE).exists() and (tmp_path / "copy" / "config.json").is_file()

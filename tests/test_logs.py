@@ -135,6 +135,29 @@ def test_clad_train_console_shows_metrics_with_eta_and_ray_internals_go_to_the_l
     assert "ray.train" in log_text                          # Ray Train's controller and workers
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_clad_train_refused_by_its_tracking_server_leaves_no_run_folder(tmp_path):
+    """An unreachable --tracking-uri is refused before the run folder (and its clad.log) is made."""
+    import socket
+
+    write_suite(tmp_path / "raw", n_tasks=1)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RAY_ADDRESS", None)
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    pre = subprocess.run([*cli, "preprocess", "--input", str(tmp_path / "raw"), "--out", str(tmp_path / "ds")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    train = subprocess.run([*cli, "train", "stage1", "-o", f"dataset_dir={tmp_path / 'ds'}", "-o",
+                            f"output_dir={tmp_path / 'runs'}", "-o", "model_preset=tiny", "--tracking-uri", uri],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert train.returncode == 2 and uri in train.stderr, train.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_verbose_puts_every_library_back_on_the_console_and_our_debug_too():
     logs.configure(verbose=True)
     try:
@@ -146,3 +169,20 @@ def test_verbose_puts_every_library_back_on_the_console_and_our_debug_too():
     finally:
         logs.close()
     assert logging.getLogger("pipelines").level == logging.NOTSET  # close() undoes it
+
+
+def test_a_bucket_output_folder_gets_its_log_in_the_local_cache(tmp_path, monkeypatch):
+    """`clad preprocess --out s3://b/ds` and `clad pipeline -o output_dir=s3://...` must not create a local
+    folder named 's3:' in the working directory."""
+    from clad import storage
+
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    logs.configure(verbose=False)
+    try:
+        path = logs.attach_log_file("s3://bucket/prefix/ds")
+        logging.getLogger("pipelines.x").info("written locally")
+    finally:
+        logs.close()
+    assert path == storage.cache_root() / "logs" / "ds" / logs.LOG_FILE_NAME
+    assert "written locally" in path.read_text() and not (tmp_path / "s3:").exists()

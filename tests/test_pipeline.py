@@ -31,6 +31,34 @@ def test_bad_pipeline_config_names_section_and_field():
         load_pipeline_config("nope")
 
 
+def test_a_missing_input_dir_is_refused_before_any_output_ray_or_mlflow_run(tmp_path):
+    from pipelines.pipeline import load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config(None, [f"input_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'out'}",
+                                      f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    with pytest.raises(ConfigError, match=r"input_dir .*nowhere is not a folder: point it at a folder of LIBERO"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "out" / "pipeline_config.json").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_finished_stage_is_found_done_although_its_saved_config_has_the_dataset_conventions(tmp_path):
+    """train_config.json holds model.image_orientation filled in from the dataset; the pipeline's own stage
+    config leaves it unset. A re-run must still skip the finished stage (it retrained every stage)."""
+    from pipelines.pipeline import _stage_done, load_pipeline_config
+    from pipelines.train import with_dataset_conventions
+
+    ds = tmp_path / "dataset"
+    ds.mkdir()
+    (ds / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 64, "image_orientation": "opengl"}))
+    cfg = load_pipeline_config(None, [f"output_dir={tmp_path}"]).stage_config("stage1", ds, tmp_path / "train")
+    assert cfg.model.image_orientation is None
+    (cfg.run_dir / "final").mkdir(parents=True)
+    (cfg.run_dir / "final" / "model.safetensors").write_bytes(b"weights")
+    (cfg.run_dir / "train_config.json").write_text(json.dumps(with_dataset_conventions(cfg).to_dict()))
+    assert _stage_done(cfg)
+    assert not _stage_done(cfg.replace(steps=cfg.steps + 1))
+
+
 def test_shipped_configs_load():
     from pipelines.pipeline import load_pipeline_config
 

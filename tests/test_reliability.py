@@ -157,7 +157,7 @@ def test_pipeline_refuses_an_unreachable_tracking_server_and_a_missing_input_dir
     assert r.returncode == 2 and uri in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (out / "pipeline_config.json").exists()  # refused before anything is written or Ray starts
     r = _cli("pipeline", "-o", f"output_dir={out}", "-o", f"input_dir={tmp_path / 'nowhere'}")
-    assert r.returncode == 2 and "input_dir" in r.stderr and "does not exist" in r.stderr, r.stderr
+    assert r.returncode == 2 and "input_dir" in r.stderr and "is not a folder" in r.stderr, r.stderr
     assert not (out / "pipeline_config.json").exists()
 
 
@@ -197,6 +197,13 @@ def test_deterministic_worker_errors_are_not_retried():
     assert str(training_error(text_only)) == "x.parquet is bad"
     lost = WorkerGroupError("rank 1", {1: RuntimeError("worker died")})
     assert policy.make_decision(lost) == FailureDecision.RETRY  # a lost worker is still worth a restart
+    # object storage from inside a worker: a denied permission is deterministic, an unreachable endpoint is not
+    from clad.storage import _explain
+
+    denied = _explain(PermissionError("AccessDenied"), "s3://b/runs/stage1/x", "write")
+    assert policy.make_decision(WorkerGroupError("rank 0", {0: denied})) == FailureDecision.RAISE
+    gone = _explain(OSError("curl error: Couldn't connect to server"), "s3://b/runs/stage1/x", "write")
+    assert policy.make_decision(WorkerGroupError("rank 0", {0: gone})) == FailureDecision.RETRY
 
 
 # ------------------------------------------------------------------------------------------- output folders

@@ -357,3 +357,38 @@ def test_pipeline_places_every_step_in_the_bucket_and_skips_finished_stages(env)
     assert not _stage_done(s1)  # no weights yet: an interrupted upload of final/ is not a finished stage
     storage.write_bytes(storage.join(s1.run_location, "final", "model.safetensors"), b"weights")
     assert _stage_done(s1)
+
+
+def test_a_checkpoint_of_a_bucket_dataset_records_its_identity_and_task_table(env, tmp_path):
+    """Training reads a dataset in a bucket; the checkpoint must still record the dataset's fingerprint and
+    instruction table (a local-Path check silently skipped both, so evaluation fell back to the benchmark's
+    strings and the identity checks had nothing to compare)."""
+    from clad.model.checkpoint import dataset_identity
+    from clad.model.task_table import read_task_table, write_task_table
+
+    uri = f"s3://{BUCKET}/identity_ds"
+    tasks = [{"name": "pick_bowl", "instruction": "pick up the bowl", "demos": 3}]
+    storage.write_json(f"{uri}/manifest.json", {"fingerprint": "f" * 64, "tasks": tasks})
+    storage.write_json(f"{uri}/tasks.json", {"tasks": tasks})
+    assert dataset_identity(uri) == {"dataset_fingerprint": "f" * 64, "instructions": '["pick up the bowl"]'}
+    write_task_table(tmp_path, uri)
+    table = read_task_table(tmp_path)
+    assert [r["instruction"] for r in table.rows] == ["pick up the bowl"]
+    assert json.loads((tmp_path / "tasks.json").read_text())["dataset"] == uri
+
+
+def test_closed_loop_preflight_reads_the_task_table_of_a_bucket_dataset(env, tmp_path):
+    """Evaluation during training needs a local output_dir but may read its dataset from a bucket: the check
+    that the rolled-out tasks are in the dataset must read the bucket's tasks.json, not skip it."""
+    from clad.errors import ConfigError
+    from clad.training.config import load_train_config
+    from pipelines.eval_during_training import preflight
+
+    uri = f"s3://{BUCKET}/preflight_ds"
+    storage.write_json(f"{uri}/tasks.json", {"tasks": [
+        {"name": "pick_up_the_alphabet_soup_and_place_it_in_the_basket", "instruction": "x"}]})
+    cfg = load_train_config(None, [f"dataset_dir={uri}", f"output_dir={tmp_path}", "stage=stage2",
+                                   "model.policy.foresight=none", "model_preset=tiny", "checkpoint_every=2",
+                                   "eval_every=2", "closed_loop.suite=libero_object", "closed_loop.tasks=['0','1']"])
+    with pytest.raises(ConfigError, match=r"closed_loop.tasks: .*cream_cheese.* are not in the dataset"):
+        preflight(cfg, train_cpus=1)

@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from clad import storage
 from clad.config import config_from_dict, save_config
 from clad.data.conventions import OPENGL
 from clad.errors import CheckpointError, ConfigError
@@ -53,10 +54,10 @@ def _stage_keys(model: CladModel, stage: str) -> list[str]:
 
 def dataset_identity(dataset_dir: str | Path) -> dict[str, str]:
     """The identity fields a checkpoint trained on `dataset_dir` records: fingerprint and instruction table."""
-    manifest_path = Path(dataset_dir) / "manifest.json"
-    if not manifest_path.is_file():
+    manifest_path = storage.join(dataset_dir, "manifest.json")  # a local folder or a bucket URI
+    if not storage.is_file(manifest_path):
         return {}
-    manifest = json.loads(manifest_path.read_text())
+    manifest = storage.read_json(manifest_path)
     tasks = (manifest.get("language") or {}).get("tasks") or manifest.get("tasks") or []
     instructions = [t.get("instruction", "") if isinstance(t, dict) else str(t) for t in tasks]
     return {"dataset_fingerprint": str(manifest.get("fingerprint", "")), "instructions": json.dumps(instructions)}

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from clad import storage
 from clad.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,9 @@ class TaskTable:
         return None
 
 
-def _read_rows(path: Path, what: str, error) -> list[dict]:
+def _read_rows(path: str | Path, what: str, error) -> list[dict]:
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(storage.read_text(path))  # a local file or an object-storage URI
         rows = doc["tasks"]
         if not all(isinstance(r, dict) and "name" in r and "instruction" in r for r in rows):
             raise KeyError("tasks[*].name / tasks[*].instruction")
@@ -53,12 +54,12 @@ def _read_rows(path: Path, what: str, error) -> list[dict]:
 
 def write_task_table(checkpoint_dir: str | Path, dataset_dir: str | Path) -> Path:
     """Copy the task rows of the dataset's tasks.json into `checkpoint_dir/tasks.json`."""
-    src = Path(dataset_dir) / TASK_TABLE
-    if not src.is_file():
+    src = storage.join(dataset_dir, TASK_TABLE)  # the dataset may live in a bucket (clad/storage.py)
+    if not storage.is_file(src):
         raise DataError(f"{src} is missing: {dataset_dir} is not a dataset written by `clad preprocess`")
     rows = [{k: r[k] for k in _KEEP if k in r} for r in _read_rows(src, "dataset", DataError)]
     dst = Path(checkpoint_dir) / TASK_TABLE
-    dst.write_text(json.dumps({"dataset": str(Path(dataset_dir).resolve()), "tasks": rows}, indent=2) + "\n")
+    dst.write_text(json.dumps({"dataset": storage.normalize(dataset_dir), "tasks": rows}, indent=2) + "\n")
     return dst
 
 

@@ -171,7 +171,7 @@ class TrainingSession:
                 out = save_checkpoint(self.model, directory, self.cfg.stage, identity)
         else:
             out = save_checkpoint(self.model, directory, self.cfg.stage, identity)
-        if (Path(self.cfg.dataset_dir) / TASK_TABLE).is_file():
+        if storage.is_file(storage.join(self.cfg.dataset_dir, TASK_TABLE)):  # a bucket dataset too
             write_task_table(out, self.cfg.dataset_dir)
         return out
 
