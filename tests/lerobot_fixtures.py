@@ -4,19 +4,24 @@ copies of them with one thing broken, for the bad-input tests."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-ROOT = Path("/work/shared/fixtures/lerobot")
+# ../shared beside the checkout (as CI lays it out), or CLAD_LEROBOT_FIXTURES
+ROOT = Path(os.environ.get("CLAD_LEROBOT_FIXTURES")
+            or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot")
 FIXTURES = ("libero_v3_images", "libero_v3_video")
 
 
 def fixture_dir(name: str) -> Path:
     path = ROOT / name
     if not (path / "meta" / "info.json").is_file():
-        pytest.skip(f"LeRobot fixture {path} is not on this machine")
+        if os.environ.get("CI"):  # CI lays ../shared beside the checkout: a missing fixture is a broken setup
+            pytest.fail(f"LeRobot fixture {path} is missing (set CLAD_LEROBOT_FIXTURES or put shared/ beside the repo)")
+        pytest.skip(f"LeRobot fixture {path} is not on this machine (set CLAD_LEROBOT_FIXTURES)")
     return path
 
 
