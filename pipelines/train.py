@@ -353,7 +353,8 @@ def check_training_inputs(cfg: TrainConfig, resume_from: str | None = None) -> d
                           "use the dataset's views or preprocess with these views")
     _window_spec(cfg, "train")
     if cfg.stage == "stage2" and cfg.model.has_dynamics:
-        check_stage1_checkpoint(cfg, manifest)
+        # compared with the dataset's conventions filled in, as run_training will save them
+        check_stage1_checkpoint(with_dataset_conventions(cfg), manifest)
     if cfg.loader.feature_set is not None:  # before Ray starts and the log is opened, not only in _fit
         from clad.training.data_source import check_feature_set
 
