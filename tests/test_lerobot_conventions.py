@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.lerobot_fixtures import fixture_dir
+from lerobot_fixtures import fixture_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.libero]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lerobot_fixtures import FIXTURES, fixture_dir
+from lerobot_fixtures import FIXTURES, fixture_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.libero, pytest.mark.ray]
 

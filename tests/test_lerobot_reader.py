@@ -15,7 +15,7 @@ from clad.data import validate as V
 from clad.data import lerobot_reader as R
 from clad.data.preprocess_config import PreprocessConfig
 from clad.errors import ConfigError, DataError
-from tests.lerobot_fixtures import edit_info, fixture_dir, writable_copy
+from lerobot_fixtures import edit_info, fixture_dir, writable_copy
 
 VIEWS = ("agentview_rgb", "eye_in_hand_rgb")
 DATA = "data/chunk-000/file-000.parquet"
