@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from clad.errors import CladError
-from pipelines import logs
+from pipelines import logs, signals
 
 # subcommand modules, in the order a user meets them
 COMMAND_MODULES = [
@@ -54,14 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logs.configure(verbose=args.verbose)
+    signals.route_sigterm_to_interrupt()  # again after ray.init, which installs its own handler
     try:
         return int(args.func(args) or 0)
     except CladError as err:
         print(f"clad {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a short line, not a traceback (commands clean up in their own handlers)
-        print(f"\nclad {args.command}: interrupted", file=sys.stderr)
-        return 130
+        # SIGTERM takes the same path (pipelines/signals.py), with its conventional exit code
+        print(f"\nclad {args.command}: {'terminated (SIGTERM)' if signals.terminated() else 'interrupted'}", file=sys.stderr)
+        return signals.interrupted_exit_code()
     finally:
         logs.close()
 

@@ -31,6 +31,7 @@ from clad.errors import CheckpointError, CladError, ConfigError
 from clad.eval.config import RESULT_FIELDS, EvalConfig
 from clad.eval.policy import PolicySpec
 from clad.eval.results import EPISODES_FILE, EpisodeResult
+from pipelines import signals
 
 __all__ = ["register", "run_evaluation", "EvalReport", "config_from_args", "default_out_dir"]
 
@@ -245,6 +246,8 @@ def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, mirr
                           server_max_batch=cfg.server_max_batch, server_max_wait_ms=cfg.server_max_wait_ms,
                           server_gpus=server_gpus)
         pool = RolloutPool(pcfg, cfg.policy)
+        log.info("rolling out %d episode(s) on %d env actor(s) x %.2f CPU", len(remaining), num_actors,
+                 size.cpus_per_actor)
         worklist = WorkList(remaining, max_attempts=cfg.max_attempts)
         videos = VideoWriter(paths["videos"])
         bar = tqdm(total=len(plan), initial=len(prior), unit="ep", desc=f"eval {cfg.suite}", dynamic_ncols=True,
@@ -387,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished episodes are kept in {storage.join(out, 'episodes.jsonl')}; "
               "run the same command again to resume", file=sys.stderr)
-        return 130
+        return signals.interrupted_exit_code()
     from pipelines import logs
 
     log_file = logs.log_file()  # attached by run_evaluation (in the local working copy for a URI --out)

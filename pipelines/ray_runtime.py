@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import ray
 
-from pipelines import logs
+from pipelines import logs, signals
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         if object_store_gb is not None:
             kwargs["object_store_memory"] = int(object_store_gb * 1024**3)
         ray.init(num_cpus=num_cpus, **kwargs)
+    if logs.is_configured():  # a `clad` command (not a library caller): SIGTERM stops it like Ctrl-C
+        signals.route_sigterm_to_interrupt()
     try:
         from ray.data import DataContext
 

@@ -26,6 +26,7 @@ from typing import Any
 from clad import storage
 from clad.errors import ConfigError
 from clad.training.config import TrainConfig, load_train_config
+from pipelines import signals
 from pipelines.cli_args import add_cluster_args, add_overrides
 
 log = logging.getLogger(__name__)
@@ -545,7 +546,7 @@ def main(args: argparse.Namespace) -> int:
         _mark_killed(tracking, storage.join(cfg.run_location, "final"))
         print(f"\ninterrupted: checkpoints so far are in {cfg.run_location}; run the same command again to resume",
               file=sys.stderr)
-        return 130
+        return signals.interrupted_exit_code()
     if result.error:
         raise result.error
     final = storage.join(cfg.run_location, "final")

@@ -121,3 +121,26 @@ def test_init_states_that_match_no_episode_name_the_file(tmp_path):
     a = write_eval(tmp_path / "a", {0: [True, False]})
     with pytest.raises(CladError, match="no episode started from init states 25-49"):
         load_eval_run(a, init_states=parse_init_states("25-49"))
+
+
+def test_goal_progress_is_paired_with_an_exact_sign_test(tmp_path):
+    """Partial credit (goal predicates met) on the same scenes; successes count as full progress."""
+    def folder(name, met):  # one task with two goal predicates; met[k] for episode k (2 = success)
+        log = ResultLog(tmp_path / name / "episodes.jsonl")
+        for ep, m in enumerate(met):
+            log.append(EpisodeResult(suite="libero_10", task_index=0, task_name="t", episode=ep, init_index=ep,
+                                     seed=episode_seed(0, 0, ep), success=m == 2, steps=10, wall_s=1.0,
+                                     goals_met=m, goals_total=2))
+        return load_eval_run(tmp_path / name)
+
+    a = folder("a", [0, 0, 0, 1, 1, 0, 2])
+    b = folder("b", [1, 1, 1, 1, 2, 0, 2])
+    g = compare_runs([a, b])["paired"][0]["goal_progress"]
+    assert (g["n"], g["b_better"], g["b_worse"]) == (7, 4, 0)
+    assert g["a"] == pytest.approx((0.5 + 0.5 + 1) / 7) and g["b"] == pytest.approx((0.5 * 4 + 1 + 1) / 7)
+    assert g["p_sign"] == pytest.approx(mcnemar_exact(0, 4))
+    pair = compare_runs([a, b])["paired"][0]
+    assert pair["tasks"]["libero_10/0"]["goal_progress"]["b_better"] == 4
+    # folders written before goals were recorded have no progress block, and the comparison still works
+    old = write_eval(tmp_path / "old", {0: [True, False]}, suite="libero_10")
+    assert compare_runs([load_eval_run(old), a])["paired"][0]["goal_progress"] is None

@@ -62,6 +62,10 @@ def test_cli_expert_two_actors_two_tasks_table_json_and_log_agree(ray_session, t
     assert doc["summary"]["suites"][SUITE]["n"] == 4
     assert all(r["error"] is None and 0 < r["steps"] <= 150 for r in records)
     assert {r["seed"] for r in records} == {1_000_000 + t * 100_000 + k for t in (0, 2) for k in (0, 1)}
+    # partial credit from LIBERO's own goal predicates: a success met every one of them at one step
+    assert all(r["goals_total"] >= 1 and 0 <= r["goals_met"] <= r["goals_total"] for r in records)
+    assert all(r["goals_met"] == r["goals_total"] for r in records if r["success"])
+    assert all(t["goal_progress"] >= t["rate"] for t in doc["summary"]["tasks"])
     assert (out / "success.png").is_file() and "summary:" in printed
     # MLflow got the per-task metrics
     from mlflow.tracking import MlflowClient

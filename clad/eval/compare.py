@@ -97,6 +97,19 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+def _paired_progress(a: EvalRun, b: EvalRun, keys: list[SceneKey]) -> dict | None:
+    """Partial credit on the same scenes: mean goal progress of each run and an exact two-sided sign test
+    on the scenes where the two differ (the McNemar test generalised to graded outcomes)."""
+    pairs = [(a.episodes[k].goal_progress, b.episodes[k].goal_progress) for k in keys]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        return None
+    worse = sum(y < x for x, y in pairs)
+    better = sum(y > x for x, y in pairs)
+    return {"n": len(pairs), "a": sum(x for x, _ in pairs) / len(pairs), "b": sum(y for _, y in pairs) / len(pairs),
+            "b_better": better, "b_worse": worse, "p_sign": mcnemar_exact(worse, better)}
+
+
 def _paired(a: EvalRun, b: EvalRun, task: tuple[str, int] | None = None) -> dict:
     keys = sorted(set(a.episodes) & set(b.episodes))
     if task is not None:
@@ -108,7 +121,7 @@ def _paired(a: EvalRun, b: EvalRun, task: tuple[str, int] | None = None) -> dict
             "neither": len(keys) - both - only_a - only_b,
             "a": rate_block(both + only_a, len(keys)), "b": rate_block(both + only_b, len(keys)),
             "diff": ((only_b - only_a) / len(keys)) if keys else 0.0,
-            "p_mcnemar": mcnemar_exact(only_a, only_b)}
+            "p_mcnemar": mcnemar_exact(only_a, only_b), "goal_progress": _paired_progress(a, b, keys)}
 
 
 def compare_runs(runs: Sequence[EvalRun]) -> dict:
@@ -160,6 +173,14 @@ def format_comparison(result: dict) -> str:
         for label, t in rows:
             lines.append(f"  {label[:22]:<22} {t['n']:>4} {t['a']['successes']:>4} {t['b']['successes']:>4} "
                          f"{t['only_a']:>7} {t['only_b']:>7} {100 * t['diff']:>+6.1f}% {_p(t['p_mcnemar']):>7}")
+        if p.get("goal_progress"):
+            lines.append("  goal progress (fraction of the goal's predicates met; exact sign test on scenes that differ)")
+            lines.append(f"  {'task':<22} {'n':>4} {'a':>6} {'b':>6} {'b > a':>7} {'b < a':>7} {'p':>7}")
+            for label, t in rows:
+                g = t.get("goal_progress")
+                if g:
+                    lines.append(f"  {label[:22]:<22} {g['n']:>4} {g['a']:>6.3f} {g['b']:>6.3f} {g['b_better']:>7} "
+                                 f"{g['b_worse']:>7} {_p(g['p_sign']):>7}")
         skipped = {k: v for k, v in p["unpaired"].items() if v}
         if skipped:
             lines.append(f"  unpaired episodes left out: {skipped}")

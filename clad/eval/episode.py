@@ -54,6 +54,11 @@ def run_episode(env, policy: RolloutPolicy, task, init_index: int, seed: int, ma
     own_grabber = record_video and frames is None
     grabber = FrameGrabber(env) if own_grabber else frames
     action_l1 = 0.0
+    track_goals = hasattr(env, "goal_progress")
+
+    def note_goals() -> None:  # partial credit: the most goal predicates met at once
+        met, total = env.goal_progress()
+        res.goals_met, res.goals_total = max(met, res.goals_met or 0), total
 
     def fail(kind: str, reason: str) -> EpisodeResult:
         res.error_kind, res.error = kind, reason
@@ -65,6 +70,8 @@ def run_episode(env, policy: RolloutPolicy, task, init_index: int, seed: int, ma
             obs = env.reset(init_index=init_index, settle_steps=settle_steps)
         except Exception as err:
             return fail("sim_error", f"reset: {_short(err)}")
+        if track_goals:
+            note_goals()
         ctx = EpisodeContext(seed=seed, suite=task.suite, task_index=task.index, task_name=task.name,
                              language=task.language, init_index=init_index,
                              env=env if policy.needs_env else None)
@@ -95,6 +102,8 @@ def run_episode(env, policy: RolloutPolicy, task, init_index: int, seed: int, ma
             except Exception as err:
                 return fail("sim_error", f"step {t}: {_short(err)}")
             res.steps = t + 1
+            if track_goals:
+                note_goals()
             if record_video:
                 video.append(grabber.grab(obs))
             if done:

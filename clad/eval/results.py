@@ -50,11 +50,20 @@ class EpisodeResult:
     action_l1: float = 0.0            # sum of |a| over the episode: a cheap fingerprint for determinism checks
     video: str | None = None          # path of the MP4, when one was written
     instruction: str | None = None    # the instruction the policy was conditioned on (None: reads no language)
+    goals_met: int | None = None      # most BDDL goal predicates that held at one step (None: env has no goals)
+    goals_total: int | None = None    # the task's goal predicates; success = all of them at one step
     frames: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[int, int]:
         return self.task_index, self.episode
+
+    @property
+    def goal_progress(self) -> float | None:
+        """goals_met / goals_total in [0, 1] (1 = success), or None when not recorded."""
+        if not self.goals_total:
+            return None
+        return (self.goals_total if self.success else self.goals_met) / self.goals_total
 
     @classmethod
     def failed(cls, spec: EpisodeSpec, task_name: str, kind: str, reason: str, attempt: int = 1,

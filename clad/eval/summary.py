@@ -16,7 +16,7 @@ import numpy as np
 from clad.eval.results import EpisodeResult
 from clad.eval.stats import wilson_interval
 
-__all__ = ["summarize", "format_table", "plot_success", "rate_block"]
+__all__ = ["summarize", "format_table", "plot_success", "rate_block", "mean_goal_progress"]
 
 
 def rate_block(successes: int, n: int) -> dict:
@@ -50,7 +50,8 @@ def summarize(results: Iterable[EpisodeResult], task_names: dict[tuple[str, int]
                "mean_steps": float(np.mean([r.steps for r in rs])) if rs else 0.0,
                "mean_steps_success": (float(np.mean([r.steps for r in rs if r.success]))
                                       if s else None),
-               "error_kinds": dict(sorted(_count(r.error_kind for r in rs if r.error_kind).items()))}
+               "error_kinds": dict(sorted(_count(r.error_kind for r in rs if r.error_kind).items())),
+               "goal_progress": mean_goal_progress(rs)}
         if expected_per_task is not None:
             row["complete"] = len(rs) >= expected_per_task
         tasks.append(row)
@@ -68,6 +69,12 @@ def summarize(results: Iterable[EpisodeResult], task_names: dict[tuple[str, int]
     s = sum(t["successes"] for t in tasks)
     overall = _block(s, n, sum(t["errors"] for t in tasks))
     return {"tasks": tasks, "suites": suites, "overall": overall}
+
+
+def mean_goal_progress(results: Iterable[EpisodeResult]) -> float | None:
+    """Mean fraction of the goal predicates met (partial credit; 1.0 per success), None if unrecorded."""
+    values = [r.goal_progress for r in results if r.goal_progress is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:

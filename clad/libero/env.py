@@ -134,6 +134,13 @@ class LiberoEnv:
     def check_success(self) -> bool:
         return bool(self._env.check_success())
 
+    def goal_progress(self) -> tuple[int, int]:
+        """(met, total): how many of the task's BDDL goal predicates hold now. Success is met == total;
+        the count gives long-horizon tasks (two objects to place, ...) partial credit."""
+        domain = self._env.env  # LIBERO's BDDL domain behind the ControlEnv wrapper
+        goals = domain.parsed_problem["goal_state"]
+        return sum(bool(domain._eval_predicate(g)) for g in goals), len(goals)
+
     def _adapt(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
         return adapt_obs(raw, self.sim_state(), self._cameras if self._cameras_on else ())
 
