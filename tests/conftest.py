@@ -22,6 +22,16 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one intra-op thread for a module of tiny-model tests: `pytestmark = usefixtures(...)`
+    (why: clad.model.testing.one_thread)."""
+    from clad.model.testing import one_thread
+
+    with one_thread():
+        yield
+
+
 # --------------------------------------------------------------------------- interpreter teardown
 # A full run once ended with a segfault (exit 139) after every test had passed and the summary was
 # printed: a C extension's exit-time destructor (EGL contexts of in-process MuJoCo renderers, PyAV, Ray's
