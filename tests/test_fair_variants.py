@@ -8,22 +8,13 @@ import pytest
 import torch
 
 from clad.model import CladModel, model_preset
-from clad.model.testing import fake_batch, fake_stats, one_thread
+from clad.model.testing import fake_batch, fake_stats, tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(crop_ratio: float = 0.75, **changes) -> CladModel:
-    cfg = model_preset("tiny")
-    cfg = cfg.replace(vision=cfg.vision.replace(crop_ratio=crop_ratio))
-    for section, values in changes.items():
-        cfg = cfg.replace(**{section: getattr(cfg, section).replace(**values)})
-    torch.manual_seed(0)
-    return CladModel(cfg, fake_stats(cfg))
+    return tiny_model(vision={"crop_ratio": crop_ratio}, **changes)
 
 
 def still_batch(cfg, b=4, seed=0):

@@ -1,11 +1,13 @@
-"""Ctrl-C stops `clad train` and `clad eval` within seconds and leaves no MLflow run RUNNING (issue 16).
+"""Ctrl-C stops `clad train` and `clad eval` and leaves no MLflow run RUNNING (issue 16).
 
 Real subprocesses, real Ray, a real MLflow SQLite store, the tiny model; SIGINT goes to the command's pid,
-as a terminal's Ctrl-C would.
+as a terminal's Ctrl-C would. What is checked is why and how the command ended (the signal, exit code 130,
+its own cleanup), never how fast: the machine is shared and noisy. A timeout only guards against a hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,11 +23,26 @@ from libero_files import write_demo_file
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-STOP_WITHIN_S = 60  # generous for a loaded 2-core machine; without the fix the command did not stop at all
+# a guard against a command that never stops (as before the fix), not a measurement
+HANG_GUARD_S = 600
+TRAIN_STEPS = 100000  # far more than run before the signal: a command that ends by itself fails the test
 
 
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@contextlib.contextmanager
+def _clad(*argv: str):
+    """`clad <argv>` as a subprocess; killed on the way out if the test left it running."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen):
@@ -41,16 +58,16 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _interrupt(proc: subprocess.Popen) -> tuple[int, float, str]:
-    t0 = time.monotonic()
+def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
+    """SIGINT, then the exit code and stderr once the command has ended."""
     proc.send_signal(signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=STOP_WITHIN_S)
+        _, err = proc.communicate(timeout=HANG_GUARD_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-        raise AssertionError(f"still running {STOP_WITHIN_S} s after SIGINT:\n{err[-3000:]}")
-    return proc.returncode, time.monotonic() - t0, err
+        raise AssertionError(f"hung: still running {HANG_GUARD_S} s after SIGINT:\n{err[-3000:]}")
+    return proc.returncode, err
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -62,6 +79,12 @@ def _runs(uri: str, experiment: str) -> list:
         return []
 
 
+def _loss_steps(uri: str) -> list[int]:
+    """The steps at which the (only) training run logged train/loss."""
+    runs = _runs(uri, "interrupt")
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(runs[0].info.run_id, "train/loss")) if runs else []
+
+
 def test_ctrl_c_stops_training_and_marks_the_run_killed(tmp_path):
     for i in range(2):
         write_demo_file(tmp_path / "raw", f"task_{i}", lengths=(24, 32, 28, 20), image_size=32, seed=i)
@@ -70,45 +93,35 @@ def test_ctrl_c_stops_training_and_marks_the_run_killed(tmp_path):
                          timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]  # (on an overloaded machine Ray itself may fail to start)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "train", "stage1", "--tracking-uri", uri,
-         "-o", f"dataset_dir={tmp_path / 'ds'}", "-o", f"output_dir={tmp_path / 'runs'}", "-o", "model_preset=tiny",
-         "-o", "batch_size=8", "-o", "steps=100000", "-o", "log_every=1", "-o", "checkpoint_every=50000",
-         "-o", "validate_every=50000", "-o", "mlflow_experiment=interrupt"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def training_logged():
-            runs = _runs(uri, "interrupt")
-            return runs and MlflowClient(uri).get_metric_history(runs[0].info.run_id, "train/loss")
-
-        _wait(training_logged, 600, "the first logged training step", proc)
-        rc, took, err = _interrupt(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with _clad("train", "stage1", "--tracking-uri", uri, "-o", f"dataset_dir={tmp_path / 'ds'}",
+               "-o", f"output_dir={tmp_path / 'runs'}", "-o", "model_preset=tiny", "-o", "batch_size=8",
+               "-o", f"steps={TRAIN_STEPS}", "-o", "log_every=1", "-o", "checkpoint_every=50000",
+               "-o", "validate_every=50000", "-o", "mlflow_experiment=interrupt") as proc:
+        _wait(lambda: _loss_steps(uri), 600, "the first logged training step", proc)
+        rc, err = _interrupt(proc)
     assert rc == 130, err[-3000:]
-    assert "interrupted" in err and took < STOP_WITHIN_S
+    # the training command's own handler ran (Ray shut down, run marked), not just the CLI's generic line
+    assert "interrupted: checkpoints so far are in" in err, err[-3000:]
     (run,) = _runs(uri, "interrupt")
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    logged = _loss_steps(uri)
+    assert logged and max(logged) < TRAIN_STEPS  # it stopped because of the signal, not at its last step
+    time.sleep(10)  # not a bound: a worker left running would go on logging steps meanwhile
+    assert _loss_steps(uri) == logged
 
 
 def test_ctrl_c_stops_an_evaluation(tmp_path):
     out = tmp_path / "eval"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "eval", "--policy", "tiny", "--suite", "libero_object", "--tasks", "0",
-         "--episodes-per-task", "2", "--actors", "1", "--video-episodes", "0", "--no-progress", "--out", str(out),
-         "--tracking-uri", uri, "--experiment", "interrupt-eval"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _clad("eval", "--policy", "tiny", "--suite", "libero_object", "--tasks", "0", "--episodes-per-task", "2",
+               "--actors", "1", "--video-episodes", "0", "--no-progress", "--out", str(out), "--tracking-uri", uri,
+               "--experiment", "interrupt-eval") as proc:
         _wait(lambda: (out / "eval_config.json").is_file(), 300, "the evaluation to start", proc)
-        time.sleep(15)  # Ray is up and the env actor is starting or rolling out
-        rc, took, err = _interrupt(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        time.sleep(15)  # not a bound: Ray is up and the env actor is starting or rolling out
+        rc, err = _interrupt(proc)
     assert rc == 130, err[-3000:]
-    assert "interrupted: finished episodes are kept" in err and took < STOP_WITHIN_S
+    assert "interrupted: finished episodes are kept" in err, err[-3000:]
+    assert not (out / "summary.json").exists()  # it stopped because of the signal, before the end of the run
     assert all(r.info.status != "RUNNING" for r in _runs(uri, "interrupt-eval"))
     from pipelines.locking import lock_folder
 

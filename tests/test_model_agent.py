@@ -9,20 +9,13 @@ import torch
 from clad.model import CladModel, model_preset
 from clad.model.agent import Agent, CladAgent
 from clad.model.checkpoint import save_checkpoint
-from clad.model.testing import fake_stats, one_thread
+from clad.model.testing import fake_stats, tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_agent(b: int = 2, **policy) -> CladAgent:
-    cfg = model_preset("tiny")
-    cfg = cfg.replace(policy=cfg.policy.replace(**policy))
-    torch.manual_seed(0)
-    model = CladModel(cfg, fake_stats(cfg))
+    model = tiny_model(policy=policy)
     model.freeze_stage1()
     return CladAgent(model, num_envs=b, generator=torch.Generator().manual_seed(0))
 

@@ -10,13 +10,9 @@ import torch
 from clad.errors import CheckpointError
 from clad.model import CladModel, model_preset
 from clad.model.checkpoint import load_checkpoint, save_checkpoint
-from clad.model.testing import fake_batch, fake_stats, one_thread
+from clad.model.testing import fake_batch, fake_stats
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_model() -> CladModel:

@@ -14,15 +14,10 @@ from clad.model.film import FiLM
 from clad.model.normalizer import Normalizer
 from clad.model.tokenizers import ActionTokenizer, StateTokenizer
 from clad.model.unet1d import ConditionalUnet1D
-from clad.model.testing import one_thread
 from clad.model.image_ops import crop, downsample_images
 from clad.model.vision import VisionEncoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_film_starts_as_identity_and_learns_condition():

@@ -6,25 +6,13 @@ import pytest
 import torch
 
 from clad.model import CladModel, model_preset
-from clad.model.testing import fake_batch, fake_stats, one_thread
+from clad.model.testing import fake_batch, fake_stats, tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
-
-def tiny(**changes) -> CladModel:
-    cfg = model_preset("tiny")
-    for section, values in changes.items():
-        cfg = cfg.replace(**{section: getattr(cfg, section).replace(**values)})
-    torch.manual_seed(0)
-    return CladModel(cfg, fake_stats(cfg))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_stage1_metrics_and_no_gradient_into_targets():
-    model = tiny()
+    model = tiny_model()
     batch = fake_batch(model.cfg, 3)
     loss, metrics = model.stage1_loss(batch)
     for k in ("loss", "latent_p", "latent_s", "recon_p", "recon_s", "cos_p", "cos_s", "target_std_p", "target_std_s"):
@@ -38,7 +26,7 @@ def test_stage1_metrics_and_no_gradient_into_targets():
 
 
 def test_update_ema_moves_targets_by_the_formula():
-    model = tiny()
+    model = tiny_model()
     online = model.dynamics.encoders.f_p.net[0].weight
     target = model.dynamics.target_encoders.f_p.net[0].weight
     with torch.no_grad():
@@ -52,7 +40,7 @@ def test_update_ema_moves_targets_by_the_formula():
 
 
 def test_stage2_leaves_stage1_bitwise_unchanged():
-    model = tiny()
+    model = tiny_model()
     batch = fake_batch(model.cfg, 3)
     with pytest.raises(RuntimeError, match="freeze_stage1"):
         model.stage2_loss(batch)
@@ -74,7 +62,7 @@ def test_stage2_leaves_stage1_bitwise_unchanged():
 def test_own_policy_cnn_starts_from_stage1_and_only_it_learns_in_stage2():
     """policy.obs_vision='own': e_s reads a copy of the stage-1 CNN that the action loss trains; the foresight
     keeps the frozen stage-1 CNN."""
-    model = tiny(policy={"obs_vision": "own"})
+    model = tiny_model(policy={"obs_vision": "own"})
     with torch.no_grad():  # stand in for a trained stage 1
         model.vision.nets[0].trunk[0].weight.add_(0.5)
     model.freeze_stage1()
@@ -130,7 +118,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("changes", VARIANTS, ids=lambda c: ",".join(f"{k}={v}" for s in c.values() for k, v in s.items()))
 def test_variant_builds_runs_forward_backward(changes):
-    model = tiny(**changes)
+    model = tiny_model(**changes)
     batch = fake_batch(model.cfg, 2)
     if model.dynamics is not None:
         loss, _ = model.stage1_loss(batch)
@@ -151,17 +139,17 @@ def test_variant_builds_runs_forward_backward(changes):
 
 
 def test_action_free_masks_at_eval_too():
-    model = tiny(dynamics={"mask_ratio": 1.0}).eval()
+    model = tiny_model(dynamics={"mask_ratio": 1.0}).eval()
     inputs = model._dynamics_inputs(fake_batch(model.cfg, 2))
     _, masked = model.dynamics.dynamics_latent(**inputs)
     assert masked.all()
-    model = tiny().eval()
+    model = tiny_model().eval()
     _, masked = model.dynamics.dynamics_latent(**model._dynamics_inputs(fake_batch(model.cfg, 2)))
     assert masked.sum() == 1  # only the padded step of the episode-start sample
 
 
 def test_overfits_a_fixed_batch():
-    model = tiny()
+    model = tiny_model()
     batch = fake_batch(model.cfg, 4)
     opt = torch.optim.AdamW(model.stage1_parameters(), lr=3e-3)
     losses = []
@@ -188,7 +176,7 @@ def test_overfits_a_fixed_batch():
 
 
 def test_future_mask_excludes_padded_steps(monkeypatch):
-    model = tiny()
+    model = tiny_model()
     model.freeze_stage1()
     batch = fake_batch(model.cfg, 2)  # the last sample's last future step is padding
     torch.manual_seed(3)
@@ -207,7 +195,7 @@ def test_future_mask_excludes_padded_steps(monkeypatch):
 
 
 def test_autocast_is_a_no_op_on_cpu():
-    base = tiny()
+    base = tiny_model()
     cfg = base.cfg.replace(autocast="bf16")
     other = CladModel(cfg, fake_stats(cfg))
     other.load_state_dict(base.state_dict())

@@ -12,14 +12,10 @@ from safetensors.torch import save_file
 from clad.errors import CheckpointError, ConfigError
 from clad.model import CladModel, model_preset
 from clad.model.clip_rn50 import ModifiedResNet
-from clad.model.testing import fake_batch, fake_stats, one_thread
+from clad.model.testing import fake_batch, fake_stats
 from clad.model.vision import VisionEncoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RN_META = {"layers": [1, 1, 1, 1], "width": 8, "heads": 2, "output_dim": 12, "image_size": 64}

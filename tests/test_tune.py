@@ -3,14 +3,12 @@ best-config file (which `clad train` accepts), nesting in MLflow, and resuming a
 
 from __future__ import annotations
 
-import csv
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from clad.errors import ConfigError
-from libero_files import write_demo_file
+from tiny_sweep import run_sweep, write_sweep_inputs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -49,30 +47,15 @@ def test_checkpoints_between_validations_are_refused_before_the_sweep_starts(tmp
 
 
 def test_two_trial_sweep(ray_session, tmp_path, monkeypatch):
-    from clad.data.preprocess_config import PreprocessConfig
     from clad.training.config import load_train_config
-    from pipelines.cli import main
-    from pipelines.preprocess import run_preprocess
 
-    for i in range(2):
-        write_demo_file(tmp_path / "raw", f"task_{i}", lengths=(20, 24, 28), image_size=32, seed=i)
-    run_preprocess(tmp_path / "raw", tmp_path / "ds", PreprocessConfig(val_fraction=0.3))
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "dataset_dir": str(tmp_path / "ds"), "output_dir": str(tmp_path / "out"), "model_preset": "tiny",
-        "steps": 2, "batch_size": 8, "validate_every": 1, "checkpoint_every": 2, "val_batches": 1,
-        "optim": {"warmup_steps": 1}}))
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({
+    base, space = write_sweep_inputs(tmp_path, ["task_0", "task_1"], {
         "name": "tiny", "num_samples": 2, "resources_per_trial": {"num_workers": 1, "cpus_per_worker": 0.45},
         "scheduler": {"type": "asha", "max_t": 2, "grace_period": 1},
         "space": {"model.dynamics.tau": {"choice": [2, 3]},
-                  "model.dynamics.ema_decay": {"one_minus_loguniform": [0.0005, 0.01]}}}))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["tune", "--space", str(space), "--config", str(base)]) == 0
-
-    sweep = tmp_path / "out" / "tiny"
-    rows = list(csv.DictReader((sweep / "results.csv").open()))
+                  "model.dynamics.ema_decay": {"one_minus_loguniform": [0.0005, 0.01]}}}, validate_every=1)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store: <output_dir>/mlflow
+    sweep, rows = run_sweep(base, space)
     assert len(rows) == 2
     for row in rows:
         assert int(row["model.dynamics.tau"]) in (2, 3)
@@ -93,6 +76,6 @@ def test_two_trial_sweep(ray_session, tmp_path, monkeypatch):
 
     # running the same command again restores the finished sweep instead of training new trials
     before = {p.name for p in (sweep / "trials").iterdir()}
-    assert main(["tune", "--space", str(space), "--config", str(base)]) == 0
+    _, again = run_sweep(base, space)
     assert {p.name for p in (sweep / "trials").iterdir()} == before
-    assert len(list(csv.DictReader((sweep / "results.csv").open()))) == 2
+    assert len(again) == 2

@@ -4,13 +4,12 @@ time unit), and results.csv gives success with its interval per trial."""
 
 from __future__ import annotations
 
-import csv
 
 import pytest
 import yaml
 
 from clad.errors import ConfigError
-from libero_files import write_demo_file
+from tiny_sweep import run_sweep, write_sweep_inputs
 
 SUITE = "libero_object"
 
@@ -53,26 +52,13 @@ def test_closed_loop_space_errors_name_the_field(tmp_path):
 @pytest.mark.slow
 @pytest.mark.libero
 def test_two_trial_closed_loop_sweep(ray_session, tmp_path, monkeypatch):
-    from clad.data.preprocess_config import PreprocessConfig
     from clad.libero.suites import get_task
-    from pipelines.cli import main
-    from pipelines.preprocess import run_preprocess
 
-    for i in range(2):
-        write_demo_file(tmp_path / "raw", get_task(SUITE, i).name, lengths=(20, 24, 28), image_size=32, seed=i)
-    run_preprocess(tmp_path / "raw", tmp_path / "ds", PreprocessConfig(val_fraction=0.3))
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "dataset_dir": str(tmp_path / "ds"), "output_dir": str(tmp_path / "out"), "model_preset": "tiny",
-        "steps": 2, "batch_size": 8, "validate_every": 2, "checkpoint_every": 2, "val_batches": 1,
-        "policy_ema_decay": 0, "optim": {"warmup_steps": 1}}))
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(_space()))
+    # the demos carry real libero_object task names: the trials' rollouts build those scenes
+    base, space = write_sweep_inputs(tmp_path, [get_task(SUITE, i).name for i in range(2)], _space(),
+                                     validate_every=2, policy_ema_decay=0)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["tune", "--space", str(space), "--config", str(base)]) == 0
-
-    sweep = tmp_path / "out" / "cl"
-    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    sweep, rows = run_sweep(base, space)
     assert len(rows) == 2
     for row in rows:
         assert row["status"] == "ok"

@@ -18,6 +18,19 @@ def fake_stats(cfg: ModelConfig) -> dict[str, dict[str, list[float]]]:
     return {"proprio": field(cfg.proprio_dim, -2.0, 2.0), "actions": field(cfg.action_dim, -1.0, 1.0)}
 
 
+def tiny_model(seed: int = 0, **sections: dict):
+    """A CladModel of the tiny preset with per-section changes, e.g. `tiny_model(policy={"foresight": "none"})`,
+    seeded so that two calls with the same arguments build the same weights."""
+    from clad.model.model import CladModel  # lazy: the model pulls in diffusers, the rest of this module does not
+    from clad.model.sizes import model_preset
+
+    cfg = model_preset("tiny")
+    for section, values in sections.items():
+        cfg = cfg.replace(**{section: getattr(cfg, section).replace(**values)})
+    torch.manual_seed(seed)
+    return CladModel(cfg, fake_stats(cfg))
+
+
 def fake_batch(
     cfg: ModelConfig,
     batch_size: int = 2,

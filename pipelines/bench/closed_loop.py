@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.bench.report import write_report
+
 SUITE = "libero_object"
 
 
@@ -112,10 +114,8 @@ def main(argv=None) -> int:
               "slowdown_samples_per_s": (1 - on["samples_per_s"] / off["samples_per_s"])
               if off["samples_per_s"] and on["samples_per_s"] else None,
               "fit_wall_ratio_on_off": on["fit_wall_s"] / off["fit_wall_s"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

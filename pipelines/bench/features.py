@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.bench.report import write_report
+
 
 def _random_rn50(folder: Path) -> Path:
     """A decisionnce_rn50 backbone folder with random weights at the real size (CLIP RN50, 224 px, 1024-d)."""
@@ -199,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["ratios"], indent=2))
     if ray_rows:
         print(json.dumps(ray_rows, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.bench.report import write_report
+
 # The paper's DecisionNCE tower is CLIP's RN50 (ModifiedResNet): these are its architecture constants.
 RN50_META = {"layers": [3, 4, 6, 3], "width": 64, "heads": 32, "output_dim": 1024, "image_size": 224}
 PAPER_REFERENCE = {"planning_s": 0.012, "control_hz": 25.0, "memory_gb": 4.0, "device": "GPU (unnamed)"}
@@ -214,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch_threads": args.threads, "torch": torch.__version__, "paper_reference": PAPER_REFERENCE,
               "presets": presets, "ratios": ratios(presets)}
     _print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

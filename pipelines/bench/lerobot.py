@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +26,8 @@ from clad.data.conventions import SIMULATOR_ORIENTATION, UPRIGHT, reorient
 from clad.data.hdf5_reader import read_episode as read_hdf5_episode
 from clad.data.libero_layout import demo_file_name
 from clad.data.preprocess_config import PreprocessConfig
+
+from pipelines.bench.report import machine, print_table, scratch, write_report
 
 
 def write_hdf5_copy(layout: R.Layout, image_keys: tuple[str, ...], out: Path) -> tuple[Path, list[tuple[Path, str]]]:
@@ -85,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = PreprocessConfig(val_fraction=0.0)
     layout = R.load_layout(args.input, cfg.image_keys)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_lerobot_"))
-    try:
+    with scratch(args.work, "bench_lerobot_") as work:
         hdf5_dir, hdf5_demos = write_hdf5_copy(layout, cfg.image_keys, work / "hdf5")
         steps = sum(int(e["length"]) for e in layout.episodes)
         # single process: read (decode) every episode once per format
@@ -118,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                       "video": layout.video_features, "codecs": sorted({R.VideoFile(Path(layout.root) / layout.video_file(
                           e, f)).codec for e in layout.episodes[:1] for f in layout.video_features}),
                       "image_size": list(layout.features[next(iter(layout.image_features.values()))]["shape"][:2])},
-            "machine": {"cpus": os.cpu_count(), "ray_cpus": resources.get("CPU"), "python": platform.python_version(),
-                        "loadavg_1m_at_end": os.getloadavg()[0]},
+            "machine": machine(resources.get("CPU")),
             "single_process_read_s": read,
             "single_process_read_steps_per_s": {f: steps / s for f, s in read.items()},
             "ray_init_s": ray_init,
@@ -131,20 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         fmt_row = "{:<26}{:>10}{:>10}{:>10}{:>12}"
         print(f"input: {len(layout.episodes)} episodes, {steps} steps, views {list(layout.image_features)}, "
               f"video {layout.video_features or 'no (inline images)'}; Ray start-up {ray_init:.1f} s (not in the runs)")
-        print(fmt_row.format("run", "scan s", "write s", "wall s", "steps/s"))
-        for f, rs in runs.items():
-            for i, r in enumerate(rs):
-                print(fmt_row.format(f"{f} ray #{i + 1}", f"{r['scan']:.2f}", f"{r['write']:.2f}", f"{r['wall']:.2f}",
-                                     f"{steps / r['pipeline']:.0f}"))
-        for f, s in read.items():
-            print(fmt_row.format(f"{f} read, 1 process", "", "", f"{s:.2f}", f"{steps / s:.0f}"))
+        print_table(fmt_row, ("run", "scan s", "write s", "wall s", "steps/s"),
+                    [(f"{f} ray #{i + 1}", f"{r['scan']:.2f}", f"{r['write']:.2f}", f"{r['wall']:.2f}",
+                      f"{steps / r['pipeline']:.0f}") for f, rs in runs.items() for i, r in enumerate(rs)]
+                    + [(f"{f} read, 1 process", "", "", f"{s:.2f}", f"{steps / s:.0f}") for f, s in read.items()])
         print(f"ratio lerobot/hdf5 time: Ray scan+write {result['ratio_lerobot_over_hdf5_pipeline_time_best']:.2f}x, "
               f"single-process read {result['ratio_lerobot_over_hdf5_read_time']:.2f}x (>1: LeRobot slower)")
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        write_report(args.json, result)
     return 0
 
 

@@ -14,12 +14,7 @@ Prints a side-by-side table and the ratio plain/ray (>1 means Ray is faster); wr
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +28,8 @@ from clad.data.hdf5_reader import find_demo_files, scan_file
 from clad.data.manifest import EPISODES_DIR, SPLITS, describe_files, fingerprint
 from clad.data.plan import build_plan, require_episodes
 from clad.data.preprocess_config import FeatureBackboneConfig, PreprocessConfig
+
+from pipelines.bench.report import machine, print_table, scratch, write_report
 
 
 def plain_preprocess(input_dir: Path, out_dir: Path, cfg: PreprocessConfig) -> dict:
@@ -116,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-runs", type=int, default=2, help="Ray runs (the first includes worker start-up)")
     args = ap.parse_args(argv)
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(args.work, "bench_preprocess_") as work:
         if args.synthetic:
             input_dir = work / "input"
             _synthetic(args.synthetic, args.synthetic_size, input_dir, not args.synthetic_raw)
@@ -153,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "input": {"dir": str(input_dir), "files": counts["files"], "episodes": sum(counts["episodes"].values()),
                       "steps": steps, "bytes": _dir_bytes(Path(input_dir)), "image_size": res.manifest["image_size"]},
             "config": cfg.to_dict(),
-            "machine": {"cpus": os.cpu_count(), "ray_cpus": resources.get("CPU"), "python": platform.python_version(),
-                        "loadavg_1m_at_end": os.getloadavg()[0]},
+            "machine": machine(resources.get("CPU")),
             "plain": {"wall": plain_wall, **plain},
             "ray_options": {"readers": args.readers, "feature_actors": args.feature_actors},
             "ray_init_s": ray_init,
@@ -167,19 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"input: {result['input']['files']} files, {result['input']['episodes']} episodes, {steps} steps, "
               f"{result['input']['bytes'] / 1e6:.1f} MB; image {result['input']['image_size']}; "
               f"features {args.features or 'none'}; Ray start-up {ray_init:.1f} s (not in the runs)")
-        print(fmt.format("run", "hash s", "scan s", "write s", "total s", "steps/s"))
-        print(fmt.format("plain (1 process)", f"{plain['hash']:.2f}", f"{plain['scan']:.2f}", f"{plain['write']:.2f}",
-                         f"{plain_wall:.2f}", f"{steps / plain['pipeline']:.0f}"))
-        for i, r in enumerate(ray_runs):
-            print(fmt.format(f"ray data #{i + 1}", f"{r['hash']:.2f}", f"{r['scan']:.2f}", f"{r['write']:.2f}",
-                             f"{r['wall']:.2f}", f"{steps / r['pipeline']:.0f}"))
+        print_table(fmt, ("run", "hash s", "scan s", "write s", "total s", "steps/s"),
+                    [("plain (1 process)", f"{plain['hash']:.2f}", f"{plain['scan']:.2f}", f"{plain['write']:.2f}",
+                      f"{plain_wall:.2f}", f"{steps / plain['pipeline']:.0f}")]
+                    + [(f"ray data #{i + 1}", f"{r['hash']:.2f}", f"{r['scan']:.2f}", f"{r['write']:.2f}",
+                        f"{r['wall']:.2f}", f"{steps / r['pipeline']:.0f}") for i, r in enumerate(ray_runs)])
         print(f"ratio plain/ray (best Ray run): wall {result['ratio_plain_over_ray_wall_best']:.2f}x, "
               f"scan+write {result['ratio_plain_over_ray_pipeline_best']:.2f}x  (>1: Ray faster)")
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        write_report(args.json, result)
     return 0
 
 

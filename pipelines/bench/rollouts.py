@@ -19,13 +19,14 @@ All three measurements run in one invocation on the same machine, with the same 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.bench.report import write_report
 
 
 def _raw_rate(env, steps: int) -> float:
@@ -240,9 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         ratios["pool_server_mode_steady_vs_in_actor"] = (report["pool_server"]["steady_steps_per_s"]
                                                          / report["pool"]["steady_steps_per_s"])
     report["ratios"] = ratios
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
 
     print("\n== rollout throughput (env steps/s) ==")
     for k, v in ratios.items():
@@ -254,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['batch']:>5} {r['local_rows_per_s']:>11.0f} {r['server_explicit_rows_per_s']:>13.0f} "
                   f"{r['server_dynamic_rows_per_s']:>15.0f}")
     print(f"\nload average start/end: {report['host']['loadavg_start']} / {report['host']['loadavg_end']}")
-    print(f"written: {out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -18,7 +18,6 @@ Stage 2 trains on the stage-1 model the 1-worker stage-1 run exported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.bench.report import write_report
 
 
 def _synthetic_dataset(spec: str, image_size: int, folder: Path) -> Path:
@@ -164,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
               "threads": args.threads, "cores": os.cpu_count(), "dataset": str(args.dataset or f"synthetic {args.synthetic}"),
               "stages": stages}
     _print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 
