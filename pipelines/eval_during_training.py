@@ -67,7 +67,7 @@ def eval_config(cl: ClosedLoopConfig, model_dir: str | Path):
                       video_episodes=cl.video_episodes)
 
 
-def preflight(cfg: TrainConfig, train_cpus: float) -> None:
+def preflight(cfg: TrainConfig, train_cpus: float, data_cpus: float | None = None, check_room: bool = True) -> None:
     """Refuse, before training starts, what would only fail at the first evaluation: tasks the dataset does
     not hold, more episodes per task than init states, no room on the cluster for the env actors."""
     import ray
@@ -94,13 +94,17 @@ def preflight(cfg: TrainConfig, train_cpus: float) -> None:
                               f"{n} init states: successive checkpoints must see the same fixed scenes, so set "
                               f"closed_loop.episodes_per_task <= {n}")
     need = cl.actors * cl.cpus_per_actor
+    if not check_room:  # the env actors exist already (`clad tune`'s shared pool, reserved by the sweep)
+        return
     if cl.rollout_resource:
         nodes = [n for n in ray.nodes() if n.get("Alive") and cl.rollout_resource in n.get("Resources", {})]
         room = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
         where = f"nodes with the resource '{cl.rollout_resource}'"
     else:
-        room = float(ray.cluster_resources().get("CPU", 0.0)) - train_cpus - WINDOW_CPUS
-        where = f"the cluster after training ({train_cpus:g} CPU) and its data tasks ({WINDOW_CPUS} CPU)"
+        data_cpus = WINDOW_CPUS if data_cpus is None else data_cpus
+        room = float(ray.cluster_resources().get("CPU", 0.0)) - train_cpus - data_cpus
+        where = (f"the cluster after training ({train_cpus:g} CPU) and its data tasks ({data_cpus:g} CPU)"
+                 if train_cpus or data_cpus else "the cluster")
     if need > room + 1e-9:
         raise ConfigError(f"closed_loop: {cl.actors} env actors x {cl.cpus_per_actor:g} CPU = {need:g} CPU, but "
                           f"{where} leave {max(room, 0):g} CPU: lower closed_loop.actors / closed_loop.cpus_per_actor"
@@ -108,8 +112,26 @@ def preflight(cfg: TrainConfig, train_cpus: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- records
+def step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
 def _step_dir(root: Path, step: int) -> Path:
-    return root / FOLDER / f"step_{step:07d}"
+    return root / FOLDER / step_name(step)
+
+
+def stage_checkpoint(run_dir: Path, step: int, src: Path, val: dict, mlflow_run_id: str | None,
+                     checkpoint_time: float) -> Path:
+    """Copy a checkpoint's model into <run>/closed_loop/step_NNNNNNN/model/ and record what the evaluation
+    of it needs (its validation metrics, the stage's MLflow run); the evaluator then rolls it out."""
+    target = _step_dir(run_dir, step)
+    _copy_dir(src, target / "model")
+    meta = {"step": step, "checkpoint": str(src), "mlflow_run_id": mlflow_run_id,
+            "val": {k: v for k, v in val.items() if k.startswith("val/") and isinstance(v, (int, float))},
+            # when the checkpoint was persisted (its last file), for the checkpoint-to-log delay
+            "checkpoint_time": checkpoint_time, "copied_time": time.time()}
+    (target / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return target
 
 
 def read_results(run_dir: str | Path) -> list[dict]:
@@ -162,14 +184,16 @@ class ClosedLoopEvaluator:
     checkpoint's result is logged (the sweep's hook and tests')."""
 
     def __init__(self, cfg: TrainConfig, experiment_dir: str | Path, tracking=None, address: str | None = None,
-                 on_result: Callable[[dict], None] | None = None):
+                 on_result: Callable[[dict], None] | None = None, run_dir: str | Path | None = None,
+                 rollouts=None):
         self.cfg = cfg
         self.cl = cfg.closed_loop
         self.experiment_dir = Path(experiment_dir)
-        self.run_dir = cfg.run_dir
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir  # `clad eval-checkpoints`: the given folder
         self.tracking = tracking
         self.address = address
         self.on_result = on_result
+        self.rollouts = rollouts  # `clad tune`'s shared env pool (pipelines/shared_pool.py SharedRollouts), or None
         self.last_step = min(cfg.steps, cfg.stop_at_step or cfg.steps)
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._queued: set[int] = set()
@@ -207,7 +231,7 @@ class ClosedLoopEvaluator:
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
-        self._update_best()
+        self.update_best()
         if self.errors or self.missed:
             log.error("closed-loop evaluation incomplete in %s: %s%s; re-run the same command to retry the "
                       "unfinished checkpoints", self.run_dir / FOLDER, "; ".join(self.errors),
@@ -256,19 +280,14 @@ class ClosedLoopEvaluator:
                 continue
             src = self.experiment_dir / entry["checkpoint_dir_name"]
             try:
-                _copy_dir(src, target / "model")
+                checkpoint_time = max(p.stat().st_mtime for p in src.iterdir())
+                stage_checkpoint(self.run_dir, step, src, metrics, _mlflow_run_id(src), checkpoint_time)
             except FileNotFoundError:
                 self.missed.append(entry["checkpoint_dir_name"])
                 log.warning("checkpoint %s (step %d) was deleted before it could be copied for evaluation: "
                             "raise keep_checkpoints", src, step)
                 self._queued.add(step)
                 continue
-            meta = {"step": step, "checkpoint": str(src), "mlflow_run_id": _mlflow_run_id(src),
-                    "val": {k: v for k, v in metrics.items() if k.startswith("val/") and isinstance(v, (int, float))},
-                    # when the checkpoint was persisted (its last file), for the checkpoint-to-log delay
-                    "checkpoint_time": max(p.stat().st_mtime for p in src.iterdir()),
-                    "copied_time": time.time()}
-            (target / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
             self._enqueue(step)
             new.append(step)
         return new
@@ -290,8 +309,12 @@ class ClosedLoopEvaluator:
 
         d = _step_dir(self.run_dir, step)
         meta = json.loads((d / "checkpoint.json").read_text())
+        factory = None
+        if self.rollouts is not None:
+            cfg = eval_config(self.cl, d / "model")
+            factory = lambda _pool_cfg, spec: self.rollouts.client(spec, cfg.max_attempts)  # noqa: E731
         report = run_evaluation(eval_config(self.cl, d / "model"), d / "eval", address=self.address,
-                                use_mlflow=False, progress=False)
+                                use_mlflow=False, progress=False, pool_factory=factory)
         s = report.summary["summary"]
         o = s["overall"]
         record = {"step": step, "successes": o["successes"], "n": o["n"], "rate": o["rate"], "ci95": o["ci95"],
@@ -303,7 +326,7 @@ class ClosedLoopEvaluator:
         record["delay_s"] = time.time() - meta["checkpoint_time"]
         (d / RESULT).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
         self._log_mlflow(record)
-        self._update_best()
+        self.update_best()
         log.info("closed loop: step %d success %d/%d (%.1f %%, 95%% CI %.1f-%.1f), %.0f s after the checkpoint",
                  step, o["successes"], o["n"], 100 * o["rate"], 100 * o["ci95"][0], 100 * o["ci95"][1],
                  record["delay_s"])
@@ -341,7 +364,7 @@ class ClosedLoopEvaluator:
                     return
                 time.sleep(1 + attempt)
 
-    def _update_best(self) -> None:
+    def update_best(self) -> None:
         records = read_results(self.run_dir)
         if not records:
             return
@@ -367,7 +390,9 @@ class ClosedLoopEvaluator:
         (self.run_dir / FOLDER / RANKS_FILE).write_text(json.dumps(
             {"what": "Spearman rho between each validation metric (lower = better) and closed-loop success "
                      "across this run's checkpoints; agreement shows as rho near -1",
-             "metrics": ranks, "success": {str(r["step"]): r["rate"] for r in records}}, indent=1) + "\n")
+             "metrics": ranks, "success": {str(r["step"]): r["rate"] for r in records},
+             "checkpoints": [{k: r.get(k) for k in ("step", "successes", "n", "rate", "ci95", "val", "complete")}
+                             for r in records]}, indent=1) + "\n")
         run_id = next((r.get("mlflow_run_id") for r in records if r.get("mlflow_run_id")), None)
         if self.tracking is not None and run_id:
             from mlflow.tracking import MlflowClient
