@@ -120,7 +120,7 @@ def _step_dir(root: Path, step: int) -> Path:
     return root / FOLDER / step_name(step)
 
 
-def stage_checkpoint(run_dir: Path, step: int, src: Path, val: dict, mlflow_run_id: str | None,
+def stage_checkpoint(run_dir: Path, step: int, src: str | Path, val: dict, mlflow_run_id: str | None,
                      checkpoint_time: float) -> Path:
     """Copy a checkpoint's model into <run>/closed_loop/step_NNNNNNN/model/ and record what the evaluation
     of it needs (its validation metrics, the stage's MLflow run); the evaluator then rolls it out."""
@@ -145,11 +145,11 @@ def read_results(run_dir: str | Path) -> list[dict]:
     return sorted(out, key=lambda r: r["step"])
 
 
-def _mlflow_run_id(checkpoint_dir: Path) -> str | None:
+def _mlflow_run_id(checkpoint_dir: str | Path) -> str | None:
     """The stage's MLflow run id, from the checkpoint's training_state.json (read without its tensors)."""
     try:
-        payload = json.loads((checkpoint_dir / "training_state.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        payload = json.loads(storage.read_text(storage.join(checkpoint_dir, "training_state.json")))
+    except (OSError, json.JSONDecodeError):  # StorageError is an OSError
         return None
     for key, value in (payload.get("extra") or {}).get("__dict__", []):
         if key == "mlflow_run_id":
@@ -157,16 +157,27 @@ def _mlflow_run_id(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def _copy_dir(src: Path, dst: Path, files=MODEL_FILES) -> None:
-    """Copy `files` of src into dst atomically (a half-copied model is never seen as a model)."""
+def _copy_dir(src: str | Path, dst: Path, files=MODEL_FILES) -> None:
+    """Copy `files` of src (a local folder or a URI) into dst atomically (a half-copied model is never seen
+    as a model)."""
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in files:
-        shutil.copy2(src / name, tmp / name)
-    for name in OPTIONAL_MODEL_FILES:
-        if (src / name).is_file():
+    if storage.is_remote(src):  # a checkpoint of a run in object storage: only the model files are fetched
+        for name in files:
+            if not storage.is_file(storage.join(src, name)):
+                raise FileNotFoundError(storage.join(src, name))
+            (tmp / name).write_bytes(storage.read_bytes(storage.join(src, name)))
+        for name in OPTIONAL_MODEL_FILES:
+            if storage.is_file(storage.join(src, name)):
+                (tmp / name).write_bytes(storage.read_bytes(storage.join(src, name)))
+    else:
+        src = Path(src)
+        for name in files:
             shutil.copy2(src / name, tmp / name)
+        for name in OPTIONAL_MODEL_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
@@ -188,8 +199,13 @@ class ClosedLoopEvaluator:
                  rollouts=None):
         self.cfg = cfg
         self.cl = cfg.closed_loop
-        self.experiment_dir = Path(experiment_dir)
-        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir  # `clad eval-checkpoints`: the given folder
+        # Ray Train's run folder: a local path or, for an output_dir in object storage, a URI
+        self.experiment_dir = str(experiment_dir) if storage.is_remote(experiment_dir) else Path(experiment_dir)
+        # an output_dir in object storage: everything is written in a local working folder and uploaded to
+        # `self.location` after each checkpoint's evaluation (RunMirror)
+        self.mirror = RunMirror(cfg.run_location) if run_dir is None and storage.is_remote(cfg.run_location) else None
+        self.run_dir = (Path(run_dir) if run_dir is not None  # `clad eval-checkpoints`: the given folder
+                        else self.mirror.local if self.mirror else cfg.run_dir)
         self.tracking = tracking
         self.address = address
         self.on_result = on_result
@@ -206,6 +222,8 @@ class ClosedLoopEvaluator:
 
     # -- lifecycle
     def start(self) -> "ClosedLoopEvaluator":
+        if self.mirror is not None:
+            self.mirror.pull()  # results of an interrupted run, so its finished checkpoints are not evaluated again
         (self.run_dir / FOLDER).mkdir(parents=True, exist_ok=True)
         # resume: copied checkpoints of an interrupted run without a result are evaluated first
         for d in sorted((self.run_dir / FOLDER).glob("step_*")):
@@ -239,6 +257,8 @@ class ClosedLoopEvaluator:
         # how long `clad train` waited for rollouts after training ended (the part that did not overlap)
         self.timings = {"training_end": t0, "wait_after_training_s": time.time() - t0}
         (self.run_dir / FOLDER / "timings.json").write_text(json.dumps(self.timings) + "\n")
+        if self.mirror is not None:
+            self.mirror.push()
         return read_results(self.run_dir)
 
     def _enqueue(self, step: int) -> None:
@@ -261,11 +281,11 @@ class ClosedLoopEvaluator:
 
     def scan(self) -> list[int]:
         """Copy the models of newly persisted checkpoints that are due for evaluation; returns their steps."""
-        snap = self.experiment_dir / SNAPSHOT
-        if not snap.is_file():
+        snap = storage.join(self.experiment_dir, SNAPSHOT)
+        if not storage.is_file(snap):
             return []
         try:
-            state = json.loads(snap.read_text())
+            state = json.loads(storage.read_text(snap))
         except json.JSONDecodeError:  # caught mid-write; the next poll reads it whole
             return []
         new = []
@@ -278,9 +298,11 @@ class ClosedLoopEvaluator:
             if (target / RESULT).is_file():
                 self._queued.add(step)
                 continue
-            src = self.experiment_dir / entry["checkpoint_dir_name"]
+            src = storage.join(self.experiment_dir, entry["checkpoint_dir_name"])
             try:
-                checkpoint_time = max(p.stat().st_mtime for p in src.iterdir())
+                # when the checkpoint was persisted; for a bucket, when it was seen (object times cost a request each)
+                checkpoint_time = (time.time() if storage.is_remote(src) else
+                                   max(p.stat().st_mtime for p in Path(src).iterdir()))
                 stage_checkpoint(self.run_dir, step, src, metrics, _mlflow_run_id(src), checkpoint_time)
             except FileNotFoundError:
                 self.missed.append(entry["checkpoint_dir_name"])
@@ -309,12 +331,14 @@ class ClosedLoopEvaluator:
 
         d = _step_dir(self.run_dir, step)
         meta = json.loads((d / "checkpoint.json").read_text())
+        # a run in object storage: env actors (on any node) read the model from the bucket, not this disk
+        model = self.mirror.upload_model(step) if self.mirror is not None else d / "model"
+        cfg = eval_config(self.cl, model)
         factory = None
         if self.rollouts is not None:
-            cfg = eval_config(self.cl, d / "model")
             factory = lambda _pool_cfg, spec: self.rollouts.client(spec, cfg.max_attempts)  # noqa: E731
-        report = run_evaluation(eval_config(self.cl, d / "model"), d / "eval", address=self.address,
-                                use_mlflow=False, progress=False, pool_factory=factory)
+        report = run_evaluation(cfg, d / "eval", address=self.address, use_mlflow=False, progress=False,
+                                pool_factory=factory)
         s = report.summary["summary"]
         o = s["overall"]
         record = {"step": step, "successes": o["successes"], "n": o["n"], "rate": o["rate"], "ci95": o["ci95"],
@@ -327,6 +351,8 @@ class ClosedLoopEvaluator:
         (d / RESULT).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
         self._log_mlflow(record)
         self.update_best()
+        if self.mirror is not None:
+            self.mirror.push()
         log.info("closed loop: step %d success %d/%d (%.1f %%, 95%% CI %.1f-%.1f), %.0f s after the checkpoint",
                  step, o["successes"], o["n"], 100 * o["rate"], 100 * o["ci95"][0], 100 * o["ci95"][1],
                  record["delay_s"])
@@ -364,6 +390,10 @@ class ClosedLoopEvaluator:
                     return
                 time.sleep(1 + attempt)
 
+    def _best_location(self) -> str:
+        """Where users find best/: in the bucket for a run in object storage."""
+        return storage.join(self.mirror.location, BEST_DIR) if self.mirror else str(self.run_dir / BEST_DIR)
+
     def update_best(self) -> None:
         records = read_results(self.run_dir)
         if not records:
@@ -376,7 +406,7 @@ class ClosedLoopEvaluator:
             if old.get("best", [{}])[0].get("step") != best[0]["step"] or not (self.run_dir / BEST_DIR).is_dir():
                 _copy_dir(top, self.run_dir / BEST_DIR)
             doc = {"ranked_by": ["closed_loop success rate (higher)", f"{self.cl.tie_break} (lower)", "step (later)"],
-                   "best_dir": str(self.run_dir / BEST_DIR),
+                   "best_dir": self._best_location(),
                    "best": [{"rank": i + 1, **{k: r[k] for k in ("step", "successes", "n", "rate", "ci95", "model")},
                              self.cl.tie_break: r["val"].get(self.cl.tie_break)} for i, r in enumerate(best)],
                    "evaluated_steps": [r["step"] for r in records]}
@@ -386,6 +416,8 @@ class ClosedLoopEvaluator:
                 for r in records:
                     if r["step"] not in keep:
                         shutil.rmtree(Path(r["model"]), ignore_errors=True)
+                        if self.mirror is not None:
+                            self.mirror.delete_model(r["step"])
         ranks = rank_correlations(records)
         (self.run_dir / FOLDER / RANKS_FILE).write_text(json.dumps(
             {"what": "Spearman rho between each validation metric (lower = better) and closed-loop success "
@@ -404,10 +436,78 @@ class ClosedLoopEvaluator:
                     if v["rho"] is not None and math.isfinite(v["rho"]):
                         client.log_metric(run_id, f"closed_loop/spearman/{name}", v["rho"], step=last)
                 if best:
-                    client.set_tag(run_id, "clad.best_checkpoint", str(self.run_dir / BEST_DIR))
+                    client.set_tag(run_id, "clad.best_checkpoint", self._best_location())
                     client.set_tag(run_id, "clad.best_step", str(best[0]["step"]))
             except Exception as err:
                 log.warning("MLflow logging of the rank correlation failed (%s)", err)
+
+
+class RunMirror:
+    """The closed-loop outputs of a run whose output_dir is in object storage: written in a local working folder
+    (with the run folder's layout) and uploaded after each checkpoint's evaluation: closed_loop/ without the
+    model copies, best_checkpoints.json, and best/ when the best checkpoint changes."""
+
+    def __init__(self, location: str):
+        import hashlib
+
+        self.location = storage.normalize(location)
+        digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        self.local = storage.cache_root().parent / "work" / f"{storage.name(self.location)}-{digest}"
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._pushed: dict[str, tuple[int, int]] = {}
+        self._best_step = None
+
+    def pull(self) -> None:
+        """Fetch closed_loop/ from the bucket; a local file at least as long (a log not yet uploaded) is kept."""
+        base = storage.join(self.location, FOLDER)
+        for loc in storage.list_files(base, recursive=True):  # [] for a new run
+            rel = loc[len(base):].lstrip("/")
+            dst = self.local / FOLDER / rel
+            data = storage.read_bytes(loc)
+            if dst.is_file() and dst.stat().st_size >= len(data):
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+
+    def _model_location(self, step: int) -> str:
+        return storage.join(self.location, FOLDER, step_name(step), "model")
+
+    def upload_model(self, step: int) -> str:
+        """The step's model copy in the bucket (uploaded once, weights last); returns its location."""
+        loc = self._model_location(step)
+        if not storage.is_file(storage.join(loc, MODEL_FILES[0])):
+            storage.upload_dir(self.local / FOLDER / step_name(step) / "model", loc, last=[MODEL_FILES[0]])
+        return loc
+
+    def delete_model(self, step: int) -> None:
+        storage.delete(self._model_location(step))
+
+    def push(self) -> None:
+        """Upload what changed; model copies stay local (best/ carries the best one); result.json last per step."""
+        files = [p for p in sorted((self.local / FOLDER).rglob("*")) if p.is_file()
+                 and "model" not in p.relative_to(self.local / FOLDER).parts[1:2] and not p.name.startswith(".")
+                 and ".tmp" not in p.parent.name and p.name != "lock" and "mlflow" not in p.parts]
+        files.sort(key=lambda p: p.name == RESULT)  # a result in the bucket always has its episodes there
+        for p in files:
+            rel = p.relative_to(self.local).as_posix()
+            stat = p.stat()
+            if self._pushed.get(rel) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            storage.write_bytes(storage.join(self.location, rel), p.read_bytes())
+            self._pushed[rel] = (stat.st_size, stat.st_mtime_ns)
+        best_file = self.local / BEST_FILE
+        if best_file.is_file():
+            step = json.loads(best_file.read_text())["best"][0]["step"]
+            if step != self._best_step and (self.local / BEST_DIR / MODEL_FILES[0]).is_file():
+                storage.upload_dir(self.local / BEST_DIR, storage.join(self.location, BEST_DIR),
+                                   last=[MODEL_FILES[0]])
+                self._best_step = step
+            storage.write_json(storage.join(self.location, BEST_FILE), json.loads(best_file.read_text()), indent=1)
+
+
+def closed_loop_dir(cfg: TrainConfig) -> Path:
+    """The local folder that holds a run's closed-loop outputs (a working copy for a run in a bucket)."""
+    return RunMirror(cfg.run_location).local if storage.is_remote(cfg.run_location) else cfg.run_dir
 
 
 def print_closed_loop(run_dir: str | Path) -> None:

@@ -444,7 +444,7 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
 
         preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor, check_room=rollouts is None)
-        evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or storage.parent(run_dir)) / (run_name or cfg.name),
+        evaluator = ClosedLoopEvaluator(cfg, storage.join(storage_path or storage.parent(run_dir), run_name or cfg.name),
                                         tracking=tracking, on_result=on_eval_result, rollouts=rollouts).start()
     trainer = CladTorchTrainer(
         train_loop_per_worker,
@@ -573,9 +573,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
     if cfg.eval_every:
-        from pipelines.eval_during_training import print_closed_loop
+        from pipelines.eval_during_training import closed_loop_dir, print_closed_loop
 
-        print_closed_loop(cfg.run_dir)
+        print_closed_loop(closed_loop_dir(cfg))
     print(f"MLflow: {tracking.ui_command()}")
     print(f"Log: {log_file}")
     return 0

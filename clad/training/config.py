@@ -119,13 +119,6 @@ class TrainConfig(FrozenConfig):
             if not self.closed_loop.suite:
                 raise ValueError("eval_every > 0 needs closed_loop.suite (the LIBERO suite to roll out on, "
                                  "e.g. -o closed_loop.suite=libero_object)")
-            from clad import storage
-
-            if storage.is_remote(self.output_dir):
-                # the evaluator copies checkpoints and writes its results with local paths (for now)
-                raise ValueError(f"eval_every={self.eval_every} needs a local (or mounted) output_dir, not "
-                                 f"{self.output_dir}: evaluate the bucket's checkpoints afterwards with "
-                                 "`clad eval`, or set eval_every=0")
         return self
 
     @property
