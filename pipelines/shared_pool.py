@@ -326,7 +326,9 @@ class SharedPoolClient:
             while not finished:
                 results, finished, fatal = ray.get(self.service.poll.remote(job_id))
                 for r in results:
+                    attempt = r.attempt  # as counted by the shared pool (it re-queues lost episodes)
                     if worklist.complete(names[r.key], r):
+                        r.attempt = attempt
                         on_result(r)
                 if fatal and not finished:
                     raise RuntimeError(f"the shared env pool stopped: {fatal}")
