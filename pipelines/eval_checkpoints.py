@@ -153,17 +153,22 @@ def resolve_tracking_for(run: Path, cfg, uri: str | None):
     return None
 
 
+def _refuse_remote(run: str) -> None:
+    raise ConfigError(f"--run {run}: clad eval-checkpoints reads a local (or mounted) run folder; copy the run's "
+                      f"models/, checkpoint_* and final/ locally (e.g. `aws s3 sync {run} ./run`) and pass that folder")
+
+
 def evaluate_checkpoints(run: str | Path, cl: ClosedLoopConfig, *, tracking_uri: str | None = None,
-                         address: str | None = None, steps: list[int] | None = None, use_mlflow: bool = True):
-    """Roll out every saved checkpoint of a finished stage-2 run (or those at `steps`); returns the records."""
+                         address: str | None = None, steps: list[int] | None = None, use_mlflow: bool = True,
+                         log_file: bool = False):
+    """Roll out every saved checkpoint of a finished stage-2 run (or those at `steps`); returns the records.
+    `log_file`: write clad.log into <run>/closed_loop/ (once every check passed)."""
     from pipelines.eval_during_training import (FOLDER, RESULT, ClosedLoopEvaluator, _step_dir, preflight,
                                                 read_results, stage_checkpoint)
     from pipelines.locking import lock_folder
 
     if storage.is_remote(run):
-        raise ConfigError(f"--run {run}: clad eval-checkpoints reads a local (or mounted) run folder; copy the "
-                          f"run's models/, checkpoint_* and final/ locally (e.g. `aws s3 sync {run} ./run`) and pass "
-                          "that folder")
+        _refuse_remote(run)
     run = Path(run).expanduser().resolve()
     cfg = load_run_config(run)
     last_step = cfg.steps
@@ -187,6 +192,10 @@ def evaluate_checkpoints(run: str | Path, cl: ClosedLoopConfig, *, tracking_uri:
     log.info("%s: %d saved models at steps %s", run, len(found), [c.step for c in found])
     # the run folder itself: refused while `clad train` still writes this run
     with lock_folder(run, "clad eval-checkpoints", flag="--run"):
+        if log_file:
+            from pipelines import logs
+
+            logs.attach_log_file(run / FOLDER)
         evaluator = ClosedLoopEvaluator(cfg, run, tracking=tracking, address=address, run_dir=run)
         for c in found:
             d = _step_dir(run, c.step)
@@ -240,22 +249,18 @@ def main(args: argparse.Namespace) -> int:
     except pydantic.ValidationError as err:
         raise ConfigError("invalid options: " + "; ".join(
             f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in err.errors())) from None
-    run = Path(args.run) if not storage.is_remote(args.run) else args.run
-    if not storage.is_remote(run):
-        load_run_config(Path(run).expanduser().resolve())  # before starting Ray
-    from pipelines import logs
-
+    if storage.is_remote(args.run):
+        _refuse_remote(args.run)
+    run = Path(args.run).expanduser().resolve()
+    load_run_config(run)  # before starting Ray
     init_ray(address=args.address)
-    if not storage.is_remote(run):
-        logs.attach_log_file(Path(run).expanduser().resolve() / FOLDER)
     try:
         records = evaluate_checkpoints(run, cl, tracking_uri=args.tracking_uri, address=args.address,
-                                       steps=args.steps, use_mlflow=not args.no_mlflow)
+                                       steps=args.steps, use_mlflow=not args.no_mlflow, log_file=True)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished episodes are kept in {run}/{FOLDER}; run the same command again to resume",
               file=sys.stderr)
         return 130
-    run = Path(run).expanduser().resolve()
     print(f"\n{len(records)} checkpoints evaluated in {run / FOLDER}:")
     print_closed_loop(run)
     print(f"rank correlation: {run / FOLDER / RANKS_FILE}")

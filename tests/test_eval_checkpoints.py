@@ -32,6 +32,7 @@ def test_a_folder_that_is_no_run_is_refused(tmp_path):
     from pipelines.cli import main
 
     assert main(["eval-checkpoints", "--run", str(tmp_path), "--suite", SUITE]) == 2  # CladError -> exit 2
+    assert main(["eval-checkpoints", "--run", "s3://bucket/runs/stage2", "--suite", SUITE]) == 2
 
 
 @pytest.mark.ray
