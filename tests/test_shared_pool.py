@@ -85,9 +85,12 @@ def test_trials_take_turns_on_the_shared_actor(ray_session):
         assert {r.actor.split("|")[1] for r in a} == {"policy 1"} and {r.actor.split("|")[1] for r in b} == {"policy 2"}
         order = ray.get(service.report.remote())["dispatched"]
         assert sorted(order) == ["A"] * 4 + ["B"] * 4
-        # fair: once both trials are queued, neither gets the actor twice in a row while the other waits
-        runs = max(len(list(g)) for _, g in __import__("itertools").groupby(order))
-        assert runs <= 2, order
+        # fair: from B's first episode on (A was queued first, so it may have had one or more alone), the
+        # trials alternate on the single actor until A runs out of episodes
+        first_b = order.index("B")
+        last_a = max(i for i, t in enumerate(order) if t == "A")
+        both = order[first_b:last_a + 1]
+        assert all(x != y for x, y in zip(both, both[1:])), order
         report = ray.get(service.report.remote())
         assert report["actors_started"] == 1 and report["queued"] == {}
     finally:
@@ -101,15 +104,18 @@ def test_a_trial_tune_ends_leaves_no_work_in_the_queue(ray_session):
     ray = ray_session
     name, service = _service()
     try:
-        ray.get([service.submit.remote("A", "a1", {"kind": "tiny", "seed": 1}, _plan(8), {}),
+        ray.get([service.submit.remote("A", "a1", {"kind": "tiny", "seed": 1}, _plan(20), {}),
                  service.submit.remote("B", "b1", {"kind": "tiny", "seed": 2}, _plan(3), {})])
         while not ray.get(service.report.remote())["dispatched"]:
             time.sleep(0.05)
         # what Tune calls on the driver when ASHA stops trial A
         PoolCleanupCallback.make(name).on_trial_complete(iteration=1, trials=[], trial=SimpleNamespace(trial_id="A"))
         report = ray.get(service.report.remote())
-        assert "A" not in report["queued"] and report["cancelled_episodes"]["A"] >= 5
         dispatched_at_cancel = report["dispatched"].count("A")
+        # every episode of A was either dispatched before the stop or dropped by it (none left queued)
+        assert "A" not in report["queued"]
+        assert report["cancelled_episodes"]["A"] >= 1
+        assert dispatched_at_cancel + report["cancelled_episodes"]["A"] == 20
         assert len(_wait(ray, service, "b1")) == 3  # the other trial finishes
         _, done, _ = ray.get(service.poll.remote("a1"))
         assert done
