@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pipelines.train",
     "pipelines.tune",
     "pipelines.evaluate",
+    "pipelines.eval_checkpoints",
     "pipelines.compare",
     "pipelines.pipeline",
 ]

@@ -8,7 +8,9 @@ a shared `PolicyServer`. `RolloutPool` (pipelines.rollout_pool) schedules episod
 from __future__ import annotations
 
 import atexit
+import json
 import os
+from collections import OrderedDict
 from typing import Sequence
 
 import ray
@@ -20,6 +22,8 @@ from clad.eval.results import EpisodeResult
 from pipelines.policy_server import ServerPolicyProxy
 
 __all__ = ["EnvActor"]
+
+POLICY_CACHE = 3  # policies an env actor keeps loaded (shared pool: trials alternate on one actor)
 
 
 def _pin_gpu_for_rendering() -> None:
@@ -53,6 +57,8 @@ class EnvActor:
         self.worker = EpisodeWorker(suite, policy, camera_size=camera_size, env_id=slot, name=name,
                                     video_size=video_size)
         self._close_at_exit = False
+        self._policy_key = json.dumps(policy_spec, sort_keys=True)
+        self._policies: OrderedDict = OrderedDict({self._policy_key: self.worker.policy})
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
@@ -66,6 +72,27 @@ class EnvActor:
             atexit.register(self.close)
             self._close_at_exit = True
         return result
+
+    def run_with(self, policy_spec: dict, spec: EpisodeSpec) -> EpisodeResult:
+        """Run `spec` with the policy of `policy_spec` (the shared env pool of `clad tune`: one actor serves
+        every trial's checkpoints). The last POLICY_CACHE policies stay loaded, as trials alternate."""
+        from clad.eval.worker import policy_cameras
+
+        key = json.dumps(policy_spec, sort_keys=True)
+        if key != self._policy_key:
+            policy = self._policies.pop(key, None) or make_policy(PolicySpec.model_validate(policy_spec))
+            self._policies[key] = policy
+            while len(self._policies) > POLICY_CACHE:
+                self._policies.popitem(last=False)
+            cameras = policy_cameras(policy)
+            if cameras != self.worker.cameras:  # the scene must render what this policy reads
+                self.worker.close_env()
+                self.worker.cameras = cameras
+            self.worker.policy = policy
+            self._policy_key = key
+        else:
+            self._policies.move_to_end(key)
+        return self.run(spec)
 
     def stats(self) -> dict:
         return self.worker.stats()

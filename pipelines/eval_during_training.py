@@ -67,7 +67,7 @@ def eval_config(cl: ClosedLoopConfig, model_dir: str | Path):
                       video_episodes=cl.video_episodes)
 
 
-def preflight(cfg: TrainConfig, train_cpus: float) -> None:
+def preflight(cfg: TrainConfig, train_cpus: float, data_cpus: float | None = None, check_room: bool = True) -> None:
     """Refuse, before training starts, what would only fail at the first evaluation: tasks the dataset does
     not hold, more episodes per task than init states, no room on the cluster for the env actors."""
     import ray
@@ -94,13 +94,17 @@ def preflight(cfg: TrainConfig, train_cpus: float) -> None:
                               f"{n} init states: successive checkpoints must see the same fixed scenes, so set "
                               f"closed_loop.episodes_per_task <= {n}")
     need = cl.actors * cl.cpus_per_actor
+    if not check_room:  # the env actors exist already (`clad tune`'s shared pool, reserved by the sweep)
+        return
     if cl.rollout_resource:
         nodes = [n for n in ray.nodes() if n.get("Alive") and cl.rollout_resource in n.get("Resources", {})]
         room = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
         where = f"nodes with the resource '{cl.rollout_resource}'"
     else:
-        room = float(ray.cluster_resources().get("CPU", 0.0)) - train_cpus - WINDOW_CPUS
-        where = f"the cluster after training ({train_cpus:g} CPU) and its data tasks ({WINDOW_CPUS} CPU)"
+        data_cpus = WINDOW_CPUS if data_cpus is None else data_cpus
+        room = float(ray.cluster_resources().get("CPU", 0.0)) - train_cpus - data_cpus
+        where = (f"the cluster after training ({train_cpus:g} CPU) and its data tasks ({data_cpus:g} CPU)"
+                 if train_cpus or data_cpus else "the cluster")
     if need > room + 1e-9:
         raise ConfigError(f"closed_loop: {cl.actors} env actors x {cl.cpus_per_actor:g} CPU = {need:g} CPU, but "
                           f"{where} leave {max(room, 0):g} CPU: lower closed_loop.actors / closed_loop.cpus_per_actor"
@@ -108,8 +112,26 @@ def preflight(cfg: TrainConfig, train_cpus: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- records
+def step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
 def _step_dir(root: Path, step: int) -> Path:
-    return root / FOLDER / f"step_{step:07d}"
+    return root / FOLDER / step_name(step)
+
+
+def stage_checkpoint(run_dir: Path, step: int, src: str | Path, val: dict, mlflow_run_id: str | None,
+                     checkpoint_time: float) -> Path:
+    """Copy a checkpoint's model into <run>/closed_loop/step_NNNNNNN/model/ and record what the evaluation
+    of it needs (its validation metrics, the stage's MLflow run); the evaluator then rolls it out."""
+    target = _step_dir(run_dir, step)
+    _copy_dir(src, target / "model")
+    meta = {"step": step, "checkpoint": str(src), "mlflow_run_id": mlflow_run_id,
+            "val": {k: v for k, v in val.items() if k.startswith("val/") and isinstance(v, (int, float))},
+            # when the checkpoint was persisted (its last file), for the checkpoint-to-log delay
+            "checkpoint_time": checkpoint_time, "copied_time": time.time()}
+    (target / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return target
 
 
 def read_results(run_dir: str | Path) -> list[dict]:
@@ -123,11 +145,11 @@ def read_results(run_dir: str | Path) -> list[dict]:
     return sorted(out, key=lambda r: r["step"])
 
 
-def _mlflow_run_id(checkpoint_dir: Path) -> str | None:
+def _mlflow_run_id(checkpoint_dir: str | Path) -> str | None:
     """The stage's MLflow run id, from the checkpoint's training_state.json (read without its tensors)."""
     try:
-        payload = json.loads((checkpoint_dir / "training_state.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        payload = json.loads(storage.read_text(storage.join(checkpoint_dir, "training_state.json")))
+    except (OSError, json.JSONDecodeError):  # StorageError is an OSError
         return None
     for key, value in (payload.get("extra") or {}).get("__dict__", []):
         if key == "mlflow_run_id":
@@ -135,16 +157,27 @@ def _mlflow_run_id(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def _copy_dir(src: Path, dst: Path, files=MODEL_FILES) -> None:
-    """Copy `files` of src into dst atomically (a half-copied model is never seen as a model)."""
+def _copy_dir(src: str | Path, dst: Path, files=MODEL_FILES) -> None:
+    """Copy `files` of src (a local folder or a URI) into dst atomically (a half-copied model is never seen
+    as a model)."""
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in files:
-        shutil.copy2(src / name, tmp / name)
-    for name in OPTIONAL_MODEL_FILES:
-        if (src / name).is_file():
+    if storage.is_remote(src):  # a checkpoint of a run in object storage: only the model files are fetched
+        for name in files:
+            if not storage.is_file(storage.join(src, name)):
+                raise FileNotFoundError(storage.join(src, name))
+            (tmp / name).write_bytes(storage.read_bytes(storage.join(src, name)))
+        for name in OPTIONAL_MODEL_FILES:
+            if storage.is_file(storage.join(src, name)):
+                (tmp / name).write_bytes(storage.read_bytes(storage.join(src, name)))
+    else:
+        src = Path(src)
+        for name in files:
             shutil.copy2(src / name, tmp / name)
+        for name in OPTIONAL_MODEL_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
@@ -162,14 +195,21 @@ class ClosedLoopEvaluator:
     checkpoint's result is logged (the sweep's hook and tests')."""
 
     def __init__(self, cfg: TrainConfig, experiment_dir: str | Path, tracking=None, address: str | None = None,
-                 on_result: Callable[[dict], None] | None = None):
+                 on_result: Callable[[dict], None] | None = None, run_dir: str | Path | None = None,
+                 rollouts=None):
         self.cfg = cfg
         self.cl = cfg.closed_loop
-        self.experiment_dir = Path(experiment_dir)
-        self.run_dir = cfg.run_dir
+        # Ray Train's run folder: a local path or, for an output_dir in object storage, a URI
+        self.experiment_dir = str(experiment_dir) if storage.is_remote(experiment_dir) else Path(experiment_dir)
+        # an output_dir in object storage: everything is written in a local working folder and uploaded to
+        # `self.location` after each checkpoint's evaluation (RunMirror)
+        self.mirror = RunMirror(cfg.run_location) if run_dir is None and storage.is_remote(cfg.run_location) else None
+        self.run_dir = (Path(run_dir) if run_dir is not None  # `clad eval-checkpoints`: the given folder
+                        else self.mirror.local if self.mirror else cfg.run_dir)
         self.tracking = tracking
         self.address = address
         self.on_result = on_result
+        self.rollouts = rollouts  # `clad tune`'s shared env pool (pipelines/shared_pool.py SharedRollouts), or None
         self.last_step = min(cfg.steps, cfg.stop_at_step or cfg.steps)
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._queued: set[int] = set()
@@ -182,6 +222,8 @@ class ClosedLoopEvaluator:
 
     # -- lifecycle
     def start(self) -> "ClosedLoopEvaluator":
+        if self.mirror is not None:
+            self.mirror.pull()  # results of an interrupted run, so its finished checkpoints are not evaluated again
         (self.run_dir / FOLDER).mkdir(parents=True, exist_ok=True)
         # resume: copied checkpoints of an interrupted run without a result are evaluated first
         for d in sorted((self.run_dir / FOLDER).glob("step_*")):
@@ -207,7 +249,7 @@ class ClosedLoopEvaluator:
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
-        self._update_best()
+        self.update_best()
         if self.errors or self.missed:
             log.error("closed-loop evaluation incomplete in %s: %s%s; re-run the same command to retry the "
                       "unfinished checkpoints", self.run_dir / FOLDER, "; ".join(self.errors),
@@ -215,6 +257,8 @@ class ClosedLoopEvaluator:
         # how long `clad train` waited for rollouts after training ended (the part that did not overlap)
         self.timings = {"training_end": t0, "wait_after_training_s": time.time() - t0}
         (self.run_dir / FOLDER / "timings.json").write_text(json.dumps(self.timings) + "\n")
+        if self.mirror is not None:
+            self.mirror.push()
         return read_results(self.run_dir)
 
     def _enqueue(self, step: int) -> None:
@@ -237,11 +281,11 @@ class ClosedLoopEvaluator:
 
     def scan(self) -> list[int]:
         """Copy the models of newly persisted checkpoints that are due for evaluation; returns their steps."""
-        snap = self.experiment_dir / SNAPSHOT
-        if not snap.is_file():
+        snap = storage.join(self.experiment_dir, SNAPSHOT)
+        if not storage.is_file(snap):
             return []
         try:
-            state = json.loads(snap.read_text())
+            state = json.loads(storage.read_text(snap))
         except json.JSONDecodeError:  # caught mid-write; the next poll reads it whole
             return []
         new = []
@@ -254,21 +298,18 @@ class ClosedLoopEvaluator:
             if (target / RESULT).is_file():
                 self._queued.add(step)
                 continue
-            src = self.experiment_dir / entry["checkpoint_dir_name"]
+            src = storage.join(self.experiment_dir, entry["checkpoint_dir_name"])
             try:
-                _copy_dir(src, target / "model")
+                # when the checkpoint was persisted; for a bucket, when it was seen (object times cost a request each)
+                checkpoint_time = (time.time() if storage.is_remote(src) else
+                                   max(p.stat().st_mtime for p in Path(src).iterdir()))
+                stage_checkpoint(self.run_dir, step, src, metrics, _mlflow_run_id(src), checkpoint_time)
             except FileNotFoundError:
                 self.missed.append(entry["checkpoint_dir_name"])
                 log.warning("checkpoint %s (step %d) was deleted before it could be copied for evaluation: "
                             "raise keep_checkpoints", src, step)
                 self._queued.add(step)
                 continue
-            meta = {"step": step, "checkpoint": str(src), "mlflow_run_id": _mlflow_run_id(src),
-                    "val": {k: v for k, v in metrics.items() if k.startswith("val/") and isinstance(v, (int, float))},
-                    # when the checkpoint was persisted (its last file), for the checkpoint-to-log delay
-                    "checkpoint_time": max(p.stat().st_mtime for p in src.iterdir()),
-                    "copied_time": time.time()}
-            (target / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
             self._enqueue(step)
             new.append(step)
         return new
@@ -290,8 +331,14 @@ class ClosedLoopEvaluator:
 
         d = _step_dir(self.run_dir, step)
         meta = json.loads((d / "checkpoint.json").read_text())
-        report = run_evaluation(eval_config(self.cl, d / "model"), d / "eval", address=self.address,
-                                use_mlflow=False, progress=False)
+        # a run in object storage: env actors (on any node) read the model from the bucket, not this disk
+        model = self.mirror.upload_model(step) if self.mirror is not None else d / "model"
+        cfg = eval_config(self.cl, model)
+        factory = None
+        if self.rollouts is not None:
+            factory = lambda _pool_cfg, spec: self.rollouts.client(spec, cfg.max_attempts)  # noqa: E731
+        report = run_evaluation(cfg, d / "eval", address=self.address, use_mlflow=False, progress=False,
+                                pool_factory=factory)
         s = report.summary["summary"]
         o = s["overall"]
         record = {"step": step, "successes": o["successes"], "n": o["n"], "rate": o["rate"], "ci95": o["ci95"],
@@ -303,7 +350,9 @@ class ClosedLoopEvaluator:
         record["delay_s"] = time.time() - meta["checkpoint_time"]
         (d / RESULT).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
         self._log_mlflow(record)
-        self._update_best()
+        self.update_best()
+        if self.mirror is not None:
+            self.mirror.push()
         log.info("closed loop: step %d success %d/%d (%.1f %%, 95%% CI %.1f-%.1f), %.0f s after the checkpoint",
                  step, o["successes"], o["n"], 100 * o["rate"], 100 * o["ci95"][0], 100 * o["ci95"][1],
                  record["delay_s"])
@@ -341,7 +390,11 @@ class ClosedLoopEvaluator:
                     return
                 time.sleep(1 + attempt)
 
-    def _update_best(self) -> None:
+    def _best_location(self) -> str:
+        """Where users find best/: in the bucket for a run in object storage."""
+        return storage.join(self.mirror.location, BEST_DIR) if self.mirror else str(self.run_dir / BEST_DIR)
+
+    def update_best(self) -> None:
         records = read_results(self.run_dir)
         if not records:
             return
@@ -353,7 +406,7 @@ class ClosedLoopEvaluator:
             if old.get("best", [{}])[0].get("step") != best[0]["step"] or not (self.run_dir / BEST_DIR).is_dir():
                 _copy_dir(top, self.run_dir / BEST_DIR)
             doc = {"ranked_by": ["closed_loop success rate (higher)", f"{self.cl.tie_break} (lower)", "step (later)"],
-                   "best_dir": str(self.run_dir / BEST_DIR),
+                   "best_dir": self._best_location(),
                    "best": [{"rank": i + 1, **{k: r[k] for k in ("step", "successes", "n", "rate", "ci95", "model")},
                              self.cl.tie_break: r["val"].get(self.cl.tie_break)} for i, r in enumerate(best)],
                    "evaluated_steps": [r["step"] for r in records]}
@@ -363,11 +416,15 @@ class ClosedLoopEvaluator:
                 for r in records:
                     if r["step"] not in keep:
                         shutil.rmtree(Path(r["model"]), ignore_errors=True)
+                        if self.mirror is not None:
+                            self.mirror.delete_model(r["step"])
         ranks = rank_correlations(records)
         (self.run_dir / FOLDER / RANKS_FILE).write_text(json.dumps(
             {"what": "Spearman rho between each validation metric (lower = better) and closed-loop success "
                      "across this run's checkpoints; agreement shows as rho near -1",
-             "metrics": ranks, "success": {str(r["step"]): r["rate"] for r in records}}, indent=1) + "\n")
+             "metrics": ranks, "success": {str(r["step"]): r["rate"] for r in records},
+             "checkpoints": [{k: r.get(k) for k in ("step", "successes", "n", "rate", "ci95", "val", "complete")}
+                             for r in records]}, indent=1) + "\n")
         run_id = next((r.get("mlflow_run_id") for r in records if r.get("mlflow_run_id")), None)
         if self.tracking is not None and run_id:
             from mlflow.tracking import MlflowClient
@@ -379,10 +436,78 @@ class ClosedLoopEvaluator:
                     if v["rho"] is not None and math.isfinite(v["rho"]):
                         client.log_metric(run_id, f"closed_loop/spearman/{name}", v["rho"], step=last)
                 if best:
-                    client.set_tag(run_id, "clad.best_checkpoint", str(self.run_dir / BEST_DIR))
+                    client.set_tag(run_id, "clad.best_checkpoint", self._best_location())
                     client.set_tag(run_id, "clad.best_step", str(best[0]["step"]))
             except Exception as err:
                 log.warning("MLflow logging of the rank correlation failed (%s)", err)
+
+
+class RunMirror:
+    """The closed-loop outputs of a run whose output_dir is in object storage: written in a local working folder
+    (with the run folder's layout) and uploaded after each checkpoint's evaluation: closed_loop/ without the
+    model copies, best_checkpoints.json, and best/ when the best checkpoint changes."""
+
+    def __init__(self, location: str):
+        import hashlib
+
+        self.location = storage.normalize(location)
+        digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        self.local = storage.cache_root().parent / "work" / f"{storage.name(self.location)}-{digest}"
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._pushed: dict[str, tuple[int, int]] = {}
+        self._best_step = None
+
+    def pull(self) -> None:
+        """Fetch closed_loop/ from the bucket; a local file at least as long (a log not yet uploaded) is kept."""
+        base = storage.join(self.location, FOLDER)
+        for loc in storage.list_files(base, recursive=True):  # [] for a new run
+            rel = loc[len(base):].lstrip("/")
+            dst = self.local / FOLDER / rel
+            data = storage.read_bytes(loc)
+            if dst.is_file() and dst.stat().st_size >= len(data):
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+
+    def _model_location(self, step: int) -> str:
+        return storage.join(self.location, FOLDER, step_name(step), "model")
+
+    def upload_model(self, step: int) -> str:
+        """The step's model copy in the bucket (uploaded once, weights last); returns its location."""
+        loc = self._model_location(step)
+        if not storage.is_file(storage.join(loc, MODEL_FILES[0])):
+            storage.upload_dir(self.local / FOLDER / step_name(step) / "model", loc, last=[MODEL_FILES[0]])
+        return loc
+
+    def delete_model(self, step: int) -> None:
+        storage.delete(self._model_location(step))
+
+    def push(self) -> None:
+        """Upload what changed; model copies stay local (best/ carries the best one); result.json last per step."""
+        files = [p for p in sorted((self.local / FOLDER).rglob("*")) if p.is_file()
+                 and "model" not in p.relative_to(self.local / FOLDER).parts[1:2] and not p.name.startswith(".")
+                 and ".tmp" not in p.parent.name and p.name != "lock" and "mlflow" not in p.parts]
+        files.sort(key=lambda p: p.name == RESULT)  # a result in the bucket always has its episodes there
+        for p in files:
+            rel = p.relative_to(self.local).as_posix()
+            stat = p.stat()
+            if self._pushed.get(rel) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            storage.write_bytes(storage.join(self.location, rel), p.read_bytes())
+            self._pushed[rel] = (stat.st_size, stat.st_mtime_ns)
+        best_file = self.local / BEST_FILE
+        if best_file.is_file():
+            step = json.loads(best_file.read_text())["best"][0]["step"]
+            if step != self._best_step and (self.local / BEST_DIR / MODEL_FILES[0]).is_file():
+                storage.upload_dir(self.local / BEST_DIR, storage.join(self.location, BEST_DIR),
+                                   last=[MODEL_FILES[0]])
+                self._best_step = step
+            storage.write_json(storage.join(self.location, BEST_FILE), json.loads(best_file.read_text()), indent=1)
+
+
+def closed_loop_dir(cfg: TrainConfig) -> Path:
+    """The local folder that holds a run's closed-loop outputs (a working copy for a run in a bucket)."""
+    return RunMirror(cfg.run_location).local if storage.is_remote(cfg.run_location) else cfg.run_dir
 
 
 def print_closed_loop(run_dir: str | Path) -> None:

@@ -145,8 +145,11 @@ def previous_run_id(run_file: Path, tracking_uri: str) -> str | None:
 def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | None = None,
                    experiment: str = "clad-eval", address: str | None = None, use_mlflow: bool = True,
                    on_result: Callable[[EpisodeResult, object], None] | None = None,
-                   progress: bool = True, parent_run_id: str | None = None) -> EvalReport:
+                   progress: bool = True, parent_run_id: str | None = None, pool_factory=None) -> EvalReport:
     """Run (or resume) the evaluation described by `cfg`, writing everything to `out_dir`.
+
+    `pool_factory(pool_config, policy_spec)` replaces the evaluation's own `RolloutPool` with another object
+    of its interface (`clad tune`'s shared env pool, pipelines/shared_pool.py).
 
     The MLflow run is a child of `parent_run_id` when given (e.g. `clad pipeline`'s run).
     `on_result(result, pool)` is called on the driver after each episode is logged (hooks for tests).
@@ -174,7 +177,8 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
         _check_resume(out, cfg)
         return _run_locked(cfg, out, tasks, t_start, mirror=mirror, address=address, tracking=tracking,
                            experiment=experiment,
-                           on_result=on_result, progress=progress, parent_run_id=parent_run_id)
+                           on_result=on_result, progress=progress, parent_run_id=parent_run_id,
+                           pool_factory=pool_factory)
 
 
 def check_policy(cfg: EvalConfig) -> None:
@@ -199,7 +203,7 @@ def check_policy(cfg: EvalConfig) -> None:
 
 
 def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, mirror, address, tracking, experiment,
-                on_result, progress, parent_run_id) -> EvalReport:
+                on_result, progress, parent_run_id, pool_factory=None) -> EvalReport:
     from tqdm import tqdm
 
     from clad.config import save_config
@@ -245,7 +249,7 @@ def _run_locked(cfg: EvalConfig, out: Path, tasks: list, t_start: float, *, mirr
                           max_actor_restarts=cfg.max_actor_restarts, policy_mode=cfg.policy_mode,
                           server_max_batch=cfg.server_max_batch, server_max_wait_ms=cfg.server_max_wait_ms,
                           server_gpus=server_gpus)
-        pool = RolloutPool(pcfg, cfg.policy)
+        pool = pool_factory(pcfg, cfg.policy) if pool_factory is not None else RolloutPool(pcfg, cfg.policy)
         log.info("rolling out %d episode(s) on %d env actor(s) x %.2f CPU", len(remaining), num_actors,
                  size.cpus_per_actor)
         worklist = WorkList(remaining, max_attempts=cfg.max_attempts)

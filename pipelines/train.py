@@ -224,6 +224,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     if checkpoint_now and rank == 0:
                         session.save(tmp)
                         checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                        if cfg.models_every and step % cfg.models_every == 0:
+                            keep_model(tmp, loop_config["models_dir"], step, report, session.mlflow_run_id)
                     ray.train.report(report, checkpoint=checkpoint)
         if rank == 0 and session.step == cfg.steps:
             final = loop_config["final_dir"]  # a local folder or a URI
@@ -242,6 +244,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
     finally:
         if run_ctx is not None:
             guard.call(run_ctx.__exit__, None, None, None)
+
+
+def keep_model(checkpoint_dir: str | Path, models_dir: str, step: int, report: dict, mlflow_run_id: str | None) -> str:
+    """Copy a checkpoint's model (no optimizer state) to <models_dir>/step_NNNNNNN/ with the validation metrics
+    reported with it, for `clad eval-checkpoints`. The weights go last: a folder with model.safetensors is whole."""
+    from pipelines.eval_during_training import MODEL_FILES, OPTIONAL_MODEL_FILES, step_name
+
+    src = Path(checkpoint_dir)
+    loc = storage.join(models_dir, step_name(step))
+    storage.write_json(storage.join(loc, "metrics.json"),
+                       {"step": step, "mlflow_run_id": mlflow_run_id or None,
+                        "val": {k: float(v) for k, v in report.items() if k.startswith("val/")}}, indent=1)
+    for name in [*(n for n in OPTIONAL_MODEL_FILES if (src / n).is_file()), *MODEL_FILES[::-1]]:
+        storage.write_bytes(storage.join(loc, name), (src / name).read_bytes())  # model.safetensors last
+    return loc
 
 
 def _eta(elapsed_s: float, done: int, remaining: int) -> str:
@@ -381,12 +398,14 @@ def with_dataset_conventions(cfg: TrainConfig) -> TrainConfig:
 
 
 def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = None, callbacks=(),
-                 storage_path: str | None = None, run_name: str | None = None, on_eval_result=None):
+                 storage_path: str | None = None, run_name: str | None = None, on_eval_result=None,
+                 rollouts=None):
     """Launch one stage on the current Ray cluster and return its `ray.train.Result`.
 
     A deterministic failure inside a worker (a CladError) is not retried and is raised as itself.
     With `cfg.eval_every`, checkpoints are rolled out while training runs and this returns once every
-    evaluation is done; `on_eval_result(record)` is called (on the driver) after each one."""
+    evaluation is done; `on_eval_result(record)` is called (on the driver) after each one. `rollouts`
+    (pipelines/shared_pool.py SharedRollouts) sends those rollouts to `clad tune`'s shared env pool."""
     from pipelines.locking import lock_folder
 
     manifest = check_training_inputs(cfg, resume_from)
@@ -395,11 +414,11 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
     cfg = with_dataset_conventions(cfg)
     with lock_folder(cfg.run_location, f"clad train {cfg.stage}", flag="output_dir/run_name"):
         return _fit(cfg, manifest, tracking=tracking, resume_from=resume_from, callbacks=callbacks,
-                    storage_path=storage_path, run_name=run_name, on_eval_result=on_eval_result)
+                    storage_path=storage_path, run_name=run_name, on_eval_result=on_eval_result, rollouts=rollouts)
 
 
 def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, storage_path, run_name,
-         on_eval_result=None):
+         on_eval_result=None, rollouts=None):
     import ray.train
     from ray.train import TrainingFailedError
 
@@ -415,6 +434,7 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         "splits": sorted(s for s, src in sources.items() if src == "memory" or s in datasets),
         "sources": sources,
         "final_dir": storage.join(run_dir, "final"),
+        "models_dir": storage.join(run_dir, "models"),  # cfg.keep_models_every
         "resume_from": resume_from,
         "tracking": tracking.__dict__ if tracking is not None else None,
         "dataset_hash": str(manifest.get("fingerprint", "")),
@@ -424,9 +444,9 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
     if cfg.eval_every:  # closed-loop evaluation during training (pipelines/eval_during_training.py)
         from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
 
-        preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor)
-        evaluator = ClosedLoopEvaluator(cfg, Path(storage_path or storage.parent(run_dir)) / (run_name or cfg.name),
-                                        tracking=tracking, on_result=on_eval_result).start()
+        preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor, check_room=rollouts is None)
+        evaluator = ClosedLoopEvaluator(cfg, storage.join(storage_path or storage.parent(run_dir), run_name or cfg.name),
+                                        tracking=tracking, on_result=on_eval_result, rollouts=rollouts).start()
     trainer = CladTorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -554,9 +574,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{cfg.stage} {done}: {cfg.steps} steps planned. Model: {final}")
     print(f"Metrics: {({k: round(v, 5) for k, v in (result.metrics or {}).items() if isinstance(v, float)})}")
     if cfg.eval_every:
-        from pipelines.eval_during_training import print_closed_loop
+        from pipelines.eval_during_training import closed_loop_dir, print_closed_loop
 
-        print_closed_loop(cfg.run_dir)
+        print_closed_loop(closed_loop_dir(cfg))
     print(f"MLflow: {tracking.ui_command()}")
     print(f"Log: {log_file}")
     return 0

@@ -166,17 +166,20 @@ def trial_driver(config: dict[str, Any]) -> None:
                                  TrialResources.model_validate(ctx["resources"]), ctx.get("closed_loop"))
         last = i == len(stages) - 1
         if last and ctx["objective"] == CLOSED_LOOP:
-            _closed_loop_stage(cfg, tracking)
+            from pipelines.shared_pool import SharedRollouts
+
+            _closed_loop_stage(cfg, tracking, SharedRollouts(ctx["env_pool"], trial_id) if ctx.get("env_pool") else None)
             continue
         result = run_training(cfg, tracking=tracking, callbacks=[TuneReportCallback()] if last else [])
         if result.error:
             raise result.error
 
 
-def _closed_loop_stage(cfg: TrainConfig, tracking) -> None:
+def _closed_loop_stage(cfg: TrainConfig, tracking, rollouts=None) -> None:
     """Train stage 2 in a thread while this (the trial's) thread reports each checkpoint's success to Tune
-    as it arrives: a trial ASHA stops is killed with its trainer and env actors (Ray actors share their
-    owner's fate), the others keep training."""
+    as it arrives: a trial ASHA stops is killed with its trainer (Ray actors share their owner's fate), and
+    the sweep's driver drops its queued episodes from the shared env pool (`rollouts`), the others keep
+    training."""
     import queue
     import threading
 
@@ -189,7 +192,7 @@ def _closed_loop_stage(cfg: TrainConfig, tracking) -> None:
 
     def train() -> None:
         try:
-            outcome["result"] = run_training(cfg, tracking=tracking, on_eval_result=results.put)
+            outcome["result"] = run_training(cfg, tracking=tracking, on_eval_result=results.put, rollouts=rollouts)
         except BaseException as err:  # re-raised in the trial thread
             outcome["error"] = err
         finally:
@@ -241,19 +244,51 @@ def check_closed_loop(space: SweepSpace, base: dict[str, Any], source: str) -> N
     config_from_dict(TrainConfig, data, f"{source} + the space file's eval_every/closed_loop (a trial's stage 2)")
 
 
-def max_concurrent(resources: TrialResources, env_cpus: float = 0.0) -> int:
+def max_concurrent(resources: TrialResources, env_cpus: float = 0.0, shared_env_cpus: float = 0.0) -> int:
+    """Trials that fit at once. `env_cpus`: env actors each trial starts itself; `shared_env_cpus`: the sweep's
+    shared env pool, reserved once for all trials."""
     import ray
 
     total = ray.cluster_resources()
     per_trial_cpu = resources.num_workers * resources.cpus_per_worker + DRIVER_CPUS + env_cpus
-    n = int(total.get("CPU", 1) // per_trial_cpu)
+    if shared_env_cpus > total.get("CPU", 0) + 1e-9:
+        raise ConfigError(f"the shared env pool needs {shared_env_cpus:g} CPU (closed_loop.actors x "
+                          f"closed_loop.cpus_per_actor) but the cluster has {total.get('CPU', 0):g}: lower them in "
+                          "the space file")
+    n = int((total.get("CPU", 1) - shared_env_cpus + 1e-9) // per_trial_cpu)
     if resources.gpus_per_worker > 0:
         n = min(n, int(total.get("GPU", 0) // (resources.num_workers * resources.gpus_per_worker)))
     if n < 1:
         raise ConfigError(f"one trial needs {per_trial_cpu:.2f} CPU and {resources.gpus_per_worker * resources.num_workers} GPU "
-                          f"but the cluster has {total.get('CPU', 0)} CPU / {total.get('GPU', 0)} GPU: lower "
-                          "resources_per_trial in the space file")
+                          f"but the cluster has {total.get('CPU', 0)} CPU / {total.get('GPU', 0)} GPU"
+                          + (f" of which the shared env pool takes {shared_env_cpus:g} CPU" if shared_env_cpus else "")
+                          + ": lower resources_per_trial (or closed_loop.actors) in the space file")
     return n
+
+
+def resource_check(space: SweepSpace) -> tuple[int, float, str]:
+    """(trials at a time, CPUs of the shared env pool, the line the driver prints)."""
+    import ray
+
+    r = space.resources_per_trial
+    pool_cpus = space.closed_loop.actors * space.closed_loop.cpus_per_actor if space.objective == CLOSED_LOOP else 0.0
+    n = max_concurrent(r, shared_env_cpus=pool_cpus)
+    per = r.num_workers * r.cpus_per_worker + DRIVER_CPUS
+    line = f"resource check: cluster {ray.cluster_resources().get('CPU', 0):g} CPU"
+    if pool_cpus:
+        line += (f"; shared env pool {space.closed_loop.actors} actors x {space.closed_loop.cpus_per_actor:g} CPU = "
+                 f"{pool_cpus:g} CPU, reserved once for all trials")
+    line += f"; each trial {per:.2f} CPU -> {n} trials at a time"
+    return n, pool_cpus, line
+
+
+def _pool_name(sweep_dir) -> str:
+    """Deterministic per sweep folder, so a resumed sweep's trials find the pool under the same name."""
+    import hashlib
+
+    from pipelines.shared_pool import service_name
+
+    return service_name(hashlib.sha256(storage.normalize(sweep_dir).encode()).hexdigest()[:12])
 
 
 def _scheduler(space: SweepSpace, metric: str):
@@ -277,9 +312,45 @@ def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: str | Path, tr
 
     _, metric = OBJECTIVES[space.objective]
     storage.makedirs(sweep_dir)  # a local folder or a URI (clad/storage.py)
+    concurrent, pool_cpus, line = resource_check(space)
+    print(line)
+    log.info(line)
     ctx = {"base": base, "objective": space.objective, "sweep_dir": str(sweep_dir),
            "resources": space.resources_per_trial.to_dict(), "parent_run_id": parent_run_id,
            "tracking": tracking.__dict__ if tracking else None, "closed_loop": closed_loop_overrides(space)}
+    pool = None
+    callbacks = []
+    if space.objective == CLOSED_LOOP:  # one env-actor pool for every trial (pipelines/shared_pool.py)
+        from pipelines.shared_pool import PoolCleanupCallback, start_service
+
+        cl = space.closed_loop
+        ctx["env_pool"] = _pool_name(sweep_dir)
+        pool = start_service(ctx["env_pool"], cl.suite, cl.actors, cl.cpus_per_actor, cl.camera_size,
+                             cl.rollout_resource)
+        callbacks.append(PoolCleanupCallback.make(ctx["env_pool"]))
+    try:
+        return _fit_sweep(space, sweep_dir, ctx, metric, concurrent, callbacks)
+    finally:
+        if pool is not None:
+            _close_pool(pool, sweep_dir)
+
+
+def _close_pool(pool, sweep_dir) -> None:
+    """Record what the shared pool did (env_pool.json: actors, dispatch order, dropped work) and stop it."""
+    import ray
+
+    try:
+        storage.write_json(storage.join(sweep_dir, "env_pool.json"), ray.get(pool.report.remote(), timeout=30),
+                           indent=1)
+        ray.get(pool.shutdown.remote(), timeout=60)
+    except Exception as err:
+        log.warning("shared env pool: %s", err)
+    ray.kill(pool, no_restart=True)
+
+
+def _fit_sweep(space: SweepSpace, sweep_dir, ctx: dict, metric: str, concurrent: int, callbacks: list):
+    from ray import tune
+
     trainable = tune.with_resources(trial_driver, {"CPU": DRIVER_CPUS})
     tune_path = storage.join(sweep_dir, "tune")
     if tune.Tuner.can_restore(str(tune_path)):
@@ -292,11 +363,8 @@ def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: str | Path, tr
             param_space={**param_space(space), "__clad__": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=space.mode, num_samples=space.num_samples,
                                         scheduler=_scheduler(space, metric),
-                                        max_concurrent_trials=max_concurrent(
-                                            space.resources_per_trial,
-                                            env_cpus=space.closed_loop.actors * space.closed_loop.cpus_per_actor
-                                            if space.objective == CLOSED_LOOP else 0.0)),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir)),
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=callbacks),
         )
     return tuner.fit()
 

@@ -4,6 +4,7 @@ time unit), and results.csv gives success with its interval per trial."""
 
 from __future__ import annotations
 
+import json
 
 import pytest
 import yaml
@@ -43,15 +44,14 @@ def test_closed_loop_space_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"eval_every \(3\) must be a multiple of checkpoint_every \(2\)"):
         check_closed_loop(load_space(bad), base.to_dict(), "base.yaml")
     bad.write_text(yaml.safe_dump(_space(eval_every=2)))
-    in_bucket = base.replace(output_dir="s3://bucket/runs")
-    with pytest.raises(ConfigError, match=r"needs a local \(or mounted\) output_dir, not s3://bucket/runs"):
-        check_closed_loop(load_space(bad), in_bucket.to_dict(), "base.yaml")
+    in_bucket = base.replace(output_dir="s3://bucket/runs")  # evaluation during training works on a bucket run
+    check_closed_loop(load_space(bad), in_bucket.to_dict(), "base.yaml")
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.libero
-def test_two_trial_closed_loop_sweep(ray_session, tmp_path, monkeypatch):
+def test_two_trial_closed_loop_sweep(ray_session, tmp_path, monkeypatch, capsys):
     from clad.libero.suites import get_task
 
     # the demos carry real libero_object task names: the trials' rollouts build those scenes
@@ -59,7 +59,15 @@ def test_two_trial_closed_loop_sweep(ray_session, tmp_path, monkeypatch):
                                      validate_every=2, policy_ema_decay=0)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep, rows = run_sweep(base, space)
+    # the driver's resource check counts the shared pool's CPUs once, not once per trial
+    assert "shared env pool 1 actors x 0.3 CPU = 0.3 CPU, reserved once for all trials" in capsys.readouterr().out
     assert len(rows) == 2
+    # one pool of env actors served both trials: one simulator started for the whole sweep, nothing left queued
+    pool = json.loads((sweep / "env_pool.json").read_text())
+    assert pool["actors"] == 1 and pool["actors_started"] == 1 and pool["actors_lost"] == 0
+    assert pool["queued"] == {} and pool["fatal"] is None
+    assert sorted(set(pool["dispatched"])) == sorted(row["trial"] for row in rows)
+    scenes = {}
     for row in rows:
         assert row["status"] == "ok"
         assert int(row["model.dynamics.tau"]) in (2, 3)
@@ -69,6 +77,12 @@ def test_two_trial_closed_loop_sweep(ray_session, tmp_path, monkeypatch):
         trial_dir = next((sweep / "trials").glob(f"{row['trial']}-stage2"))
         done = sorted(p.parent.name for p in trial_dir.glob("closed_loop/step_*/result.json"))
         assert "step_0000002" in done
+        episodes = [json.loads(x) for x in (trial_dir / "closed_loop" / "step_0000002" / "eval" / "episodes.jsonl")
+                    .read_text().splitlines()]
+        assert all(e["actor"].startswith("shared-env0.") for e in episodes)  # the sweep's actor, not the trial's
+        scenes[row["trial"]] = [(e["task_index"], e["init_index"], e["seed"]) for e in episodes]
+    first, second = scenes.values()
+    assert first == second  # both trials were scored on the same init states and seeds
 
 
 def test_shipped_success_space_loads():

@@ -64,6 +64,11 @@ class TrainConfig(FrozenConfig):
     log_every: int = pydantic.Field(20, ge=1)
     checkpoint_every: int = pydantic.Field(500, ge=1)
     keep_checkpoints: int = pydantic.Field(2, ge=1)
+    # stage 2: every keep_models_every steps (a multiple of checkpoint_every) the checkpoint's model (the
+    # weights `final/` would hold, no optimizer state) is also written to <run>/models/step_NNNNNNN/ and never
+    # deleted, so `clad eval-checkpoints` can roll out a finished run's intermediate checkpoints (Ray's
+    # keep_checkpoints prunes checkpoint_* folders). None = every checkpoint, 0 = off. [ours]
+    keep_models_every: int | None = pydantic.Field(None, ge=0)
     validate_every: int = pydantic.Field(250, ge=1)
     val_batches: int = pydantic.Field(8, ge=1)
     # closed-loop evaluation during training (stage 2): every eval_every steps (a multiple of
@@ -98,6 +103,11 @@ class TrainConfig(FrozenConfig):
                              "stage1_checkpoint to the stage-1 output directory of the CLaD run it is matched to")
         if self.stage == "stage1" and not self.model.has_dynamics:
             raise ValueError("stage 1 trains the dynamics model, but model.policy.foresight=none has none")
+        if self.keep_models_every and self.keep_models_every % self.checkpoint_every:
+            raise ValueError(f"keep_models_every ({self.keep_models_every}) must be a multiple of checkpoint_every "
+                             f"({self.checkpoint_every}): only checkpoints have a model to keep; set keep_models_every="
+                             f"{max(1, round(self.keep_models_every / self.checkpoint_every)) * self.checkpoint_every}"
+                             " (or 0 to keep none)")
         if self.eval_every:
             if self.stage != "stage2":
                 raise ValueError(f"eval_every={self.eval_every}: stage 1 has no policy to roll out; set eval_every "
@@ -109,13 +119,6 @@ class TrainConfig(FrozenConfig):
             if not self.closed_loop.suite:
                 raise ValueError("eval_every > 0 needs closed_loop.suite (the LIBERO suite to roll out on, "
                                  "e.g. -o closed_loop.suite=libero_object)")
-            from clad import storage
-
-            if storage.is_remote(self.output_dir):
-                # the evaluator copies checkpoints and writes its results with local paths (for now)
-                raise ValueError(f"eval_every={self.eval_every} needs a local (or mounted) output_dir, not "
-                                 f"{self.output_dir}: evaluate the bucket's checkpoints afterwards with "
-                                 "`clad eval`, or set eval_every=0")
         return self
 
     @property
@@ -133,6 +136,13 @@ class TrainConfig(FrozenConfig):
         from clad import storage
 
         return storage.join(storage.normalize(self.output_dir), self.name)
+
+    @property
+    def models_every(self) -> int:
+        """The resolved keep_models_every: stage-2 models kept at this cadence (0: none; stage 1 keeps none)."""
+        if self.stage != "stage2":
+            return 0
+        return self.checkpoint_every if self.keep_models_every is None else self.keep_models_every
 
     @property
     def per_worker_batch(self) -> int:
