@@ -80,7 +80,8 @@ def test_dead_and_hung_actors_are_replaced_and_no_episode_is_lost(ray_session, t
     st = pool.stats
     assert st.hung == 2
     assert st.actors_lost == 2 + 2 + 4  # 2 crashes + 2 hangs + 2x2 for the always-crashing episodes
-    assert st.actors_recycled >= 1
+    # no assertion on actors_recycled here: whether a replacement actor lives for recycle_after episodes
+    # depends on scheduling (flaky under load); recycling is tested on real LIBERO actors in test_rollout_libero
     assert pool.actor_handles() == {}  # everything torn down
 
 
