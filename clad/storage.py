@@ -32,7 +32,7 @@ from clad.errors import CladError
 
 __all__ = ["StorageError", "is_remote", "normalize", "join", "name", "parent", "filesystem", "exists", "is_file",
            "is_dir", "list_files", "read_bytes", "read_text", "read_json", "write_bytes", "write_text",
-           "write_json", "open_input", "delete", "makedirs", "upload_dir", "download_dir", "local_copy",
+           "write_json", "open_input", "delete", "makedirs", "upload_dir", "download_dir", "local_copy", "stat", "relative",
            "cache_root", "check_readable", "check_writable", "lock_file", "WorkingCopy"]
 
 CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node (default ~/.cache/clad)
@@ -275,13 +275,8 @@ def download_dir(loc: str | os.PathLike, local_dir: str | Path) -> Path:
     local_dir = Path(local_dir)
     loc = str(loc)
     files, root = _walk(loc, recursive=True)
-    fs, _ = filesystem(loc)
     for info in files:
-        rel = info.path[len(root):].lstrip("/")
-        dst = local_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(dst, "wb") as out:
-            shutil.copyfileobj(src, out, length=8 << 20)
+        _download(loc, info.path, local_dir / info.path[len(root):].lstrip("/"))
     return local_dir
 
 
@@ -290,33 +285,74 @@ def cache_root() -> Path:
 
 
 def local_copy(loc: str | os.PathLike) -> Path:
-    """A local folder with the content of `loc`: the path itself when local, otherwise a copy cached on this
-    node under `cache_root()`, keyed by the URI and the size and modification time of every file, so env
-    actors of one node download a checkpoint once and a rewritten checkpoint is fetched again."""
+    """A local path with the content of `loc` (a folder or one file): the path itself when local, otherwise a
+    copy cached on this node under `cache_root()`, keyed by the URI and the size and modification time of
+    every file, so the tasks and actors of one node download a checkpoint, a feature set or an input file
+    once, and a rewritten one is fetched again. A file keeps its name (`<cache>/<name>-<hash>/<name>`):
+    readers such as the LIBERO file reader take the task name from it."""
+    import pyarrow.fs as pafs
+
     s = str(loc)
     if not is_remote(s):
         return Path(normalize(s))
-    files, root = _walk(s, recursive=True)
+    info = _info(s)
+    single = info.type == pafs.FileType.File
+    files, root = ([info], parent(info.path)) if single else _walk(s, recursive=True)
     if not files:
-        raise StorageError(f"{s} holds no files: check the location (a checkpoint folder written by `clad train`)")
+        raise StorageError(f"{s} does not exist or holds no files: check the location (bucket and prefix)",
+                           f"{s} does not exist or holds no files: check the location (bucket and prefix)")
     h = hashlib.sha256(normalize(s).encode())
     for i in sorted(files, key=lambda i: i.path):
         h.update(f"\0{i.path}\0{i.size}\0{i.mtime_ns}".encode())
     target = cache_root() / f"{name(s)}-{h.hexdigest()[:16]}"
+    result = target / name(s) if single else target
     if target.is_dir():
-        return target
+        return result
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        download_dir(s, tmp)
+        if single:
+            _download(s, info.path, tmp / name(s))
+        else:
+            download_dir(s, tmp)
         try:
-            os.rename(tmp, target)  # atomic: concurrent actors on one node either win or find it complete
+            os.rename(tmp, target)  # atomic: concurrent tasks on one node either win or find it complete
         except OSError:
             if not target.is_dir():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return result
+
+
+def _download(loc: str, path: str, dst: Path) -> None:
+    fs, _ = filesystem(loc)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with fs.open_input_stream(path) as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out, length=8 << 20)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise _explain(err, loc, "read") from None
+
+
+def stat(loc: str | os.PathLike) -> tuple[int, float]:
+    """(size in bytes, modification time in POSIX seconds) of one file."""
+    info = _info(str(loc))
+    if info.type.name != "File":
+        raise FileNotFoundError(str(loc))
+    return int(info.size), (info.mtime_ns or 0) / 1e9
+
+
+def relative(loc: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`loc` relative to folder `root`, with forward slashes (both local, or both URIs)."""
+    if is_remote(root):
+        r, s = normalize(root), str(loc)
+        if not s.startswith(r + "/"):
+            raise ValueError(f"{s} is not under {r}")
+        return s[len(r) + 1:]
+    return Path(normalize(loc)).relative_to(normalize(root)).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------ pre-flight
@@ -331,9 +367,28 @@ def check_readable(loc: str | os.PathLike, what: str, expect: str = "") -> str:
     except StorageError as err:
         raise StorageError(f"{what} {s}: {err.fix}", err.fix) from None
     if not found:
+        bucket = _missing_bucket(s)
+        if bucket:
+            fix = (f"bucket '{bucket}' does not exist or is in another account: fix the URI (or create the bucket "
+                   f"and upload the data)")
+            raise StorageError(f"{what} {s}: {fix}", fix)
         where = f"{target} does not exist" if expect else "does not exist"
         raise StorageError(f"{what} {s}: {where}; check the location (and, for a URI, the bucket and prefix)")
     return s
+
+
+def _missing_bucket(loc: str) -> str:
+    """The bucket name of an s3:// / gs:// location whose bucket does not exist, else "" (pyarrow reports a
+    key in a missing bucket as merely not found)."""
+    if not is_remote(loc) or loc.split("://", 1)[0] not in ("s3", "gs", "gcs"):
+        return ""
+    import pyarrow.fs as pafs
+
+    bucket = loc.split("://", 1)[1].split("/", 1)[0]
+    try:
+        return bucket if _info(f"{loc.split('://', 1)[0]}://{bucket}").type == pafs.FileType.NotFound else ""
+    except StorageError:
+        return ""
 
 
 def check_writable(loc: str | os.PathLike, what: str) -> str:

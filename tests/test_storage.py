@@ -193,13 +193,14 @@ def dataset(env, ray_guarded):
     from clad.data.preprocess_config import PreprocessConfig
     from pipelines.preprocess import run_preprocess
 
-    raw = env["shared"] / "raw"  # LIBERO downloads sit on a shared mount (input_dir)
+    raw = env["driver"] / "raw"  # written on the driver, uploaded: the workers can read only the bucket's copy
     for i in range(2):
         write_demo_file(raw, f"task_{i}", lengths=(24, 32, 28, 20), image_size=32, seed=i)
+    raw_uri = storage.upload_dir(raw, f"s3://{BUCKET}/raw")
     uri = f"s3://{BUCKET}/ds"
-    first = run_preprocess(raw, uri, PreprocessConfig(val_fraction=0.25))
-    again = run_preprocess(raw, uri, PreprocessConfig(val_fraction=0.25))
-    return {"uri": uri, "first": first, "again": again}
+    first = run_preprocess(raw_uri, uri, PreprocessConfig(val_fraction=0.25))
+    again = run_preprocess(raw_uri, uri, PreprocessConfig(val_fraction=0.25))
+    return {"uri": uri, "raw": raw_uri, "first": first, "again": again}
 
 
 def test_preprocess_into_a_bucket(dataset):
@@ -211,6 +212,56 @@ def test_preprocess_into_a_bucket(dataset):
         assert shards and [storage.name(s) for s in shards] == manifest["splits"][split]["shards"]
     for name in ("stats.json", "tasks.json", "language.safetensors", "config.json"):
         assert storage.is_file(f"{uri}/{name}"), name
+
+
+def test_preprocess_reads_hdf5_input_from_a_bucket_through_the_node_cache(dataset, env):
+    manifest = storage.read_json(f"{dataset['uri']}/manifest.json")
+    assert manifest["input_dir"] == dataset["raw"]
+    assert sorted(f["rel"] for f in manifest["files"]) == ["task_0_demo.hdf5", "task_1_demo.hdf5"]
+    assert manifest["counts"]["episodes"]["train"] + manifest["counts"]["episodes"]["val"] == 8
+    # the scan and read tasks fetched each file into their node's cache, not the driver's
+    cached = sorted(p.name for p in (env["node_cache"] / "storage").glob("*/*_demo.hdf5"))
+    assert cached == ["task_0_demo.hdf5", "task_1_demo.hdf5"], cached
+
+
+def test_preprocess_reads_a_lerobot_dataset_from_a_bucket(env, ray_guarded):
+    from clad.data.preprocess_config import PreprocessConfig
+    from lerobot_fixtures import fixture_dir
+    from pipelines.preprocess import run_preprocess
+
+    src = storage.upload_dir(fixture_dir("libero_v3_video"), f"s3://{BUCKET}/lerobot_video")
+    res = run_preprocess(src, f"s3://{BUCKET}/ds_lerobot", PreprocessConfig(val_fraction=0.25, image_size=32))
+    m = res.manifest
+    assert m["format"] == "lerobot_v3" and m["input_dir"] == src and m["image_orientation"] == "upright"
+    assert m["counts"]["episodes"]["train"] > 0 and m["counts"]["rejected_demos"] == 0
+    assert storage.is_file(f"s3://{BUCKET}/ds_lerobot/manifest.json")
+    assert list((env["node_cache"] / "storage").glob("*/*.mp4"))  # videos were decoded from the node cache
+
+
+@pytest.mark.parametrize("case", ["wrong_bucket", "missing_folder", "no_credentials"])
+def test_preprocess_input_in_a_bucket_fails_before_any_work(env, s3, case):
+    from clad.data.preprocess_config import PreprocessConfig
+    from clad.errors import CladError
+    from pipelines.preprocess import run_preprocess
+
+    src, expect = f"s3://{BUCKET}/raw", ""
+    if case == "wrong_bucket":
+        src, expect = "s3://no-such-bucket/raw", "bucket 'no-such-bucket' does not exist"
+    elif case == "missing_folder":
+        src, expect = f"s3://{BUCKET}/nothing-here", "does not exist; check the location"
+    else:
+        _use_keys(env["mp"], None)
+        expect = "no AWS credentials found"
+    out = f"s3://{BUCKET}/ds-{case}"
+    try:
+        with pytest.raises(CladError) as err:
+            run_preprocess(src, env["shared"] / f"ds-{case}" if case == "no_credentials" else out,
+                           PreprocessConfig(val_fraction=0.25))
+    finally:
+        _use_keys(env["mp"], s3["writer"])
+    msg = str(err.value)
+    assert msg.startswith(f"--input {src}") and expect in msg, msg
+    assert storage.list_files(out, recursive=True) == []
 
 
 def _train_cfg(dataset_uri: str, *overrides: str):
