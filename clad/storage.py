@@ -11,8 +11,9 @@ AWS / Google environment variables (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` 
 server such as MinIO). Nothing here imports Ray; Ray tasks receive locations as strings and call these
 functions where they run, so no worker ever depends on a path that only exists on the driver.
 
-Atomicity: a local write goes to a temp file that is renamed over the target; an object-store write is one
-object made visible only when its upload completes. Readers that decide whether work is finished
+Atomicity: a local write goes to a temp file that is renamed over the target; an object-store write goes to a
+hidden temporary key that is then moved (copied server-side) onto the target, so the target appears whole or
+not at all, even when the upload is interrupted. Readers that decide whether work is finished
 (manifest.json, summary.json, final/model.safetensors) can therefore trust any object they see whole.
 """
 
@@ -32,7 +33,7 @@ from clad.errors import CladError
 
 __all__ = ["StorageError", "is_remote", "normalize", "join", "name", "parent", "filesystem", "exists", "is_file",
            "is_dir", "list_files", "read_bytes", "read_text", "read_json", "write_bytes", "write_text",
-           "write_json", "open_input", "delete", "makedirs", "upload_dir", "download_dir", "local_copy", "stat", "relative",
+           "write_json", "open_input", "delete", "makedirs", "upload_dir", "upload_file", "download_dir", "local_copy", "stat", "relative",
            "cache_root", "check_readable", "check_writable", "lock_file", "WorkingCopy"]
 
 CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node (default ~/.cache/clad)
@@ -211,14 +212,31 @@ def write_bytes(loc: str | os.PathLike, data: bytes) -> str:
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return str(path)
-    fs, path = filesystem(s)
-    try:
-        # the object becomes visible only when the upload completes: never half an object
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-    except OSError as err:
-        raise _explain(err, s, "write") from None
+    _put(s, lambda out: out.write(data))
     return s
+
+
+def _put(loc: str, write) -> None:
+    """One complete object at `loc`, never half of one. pyarrow completes a multipart upload when its stream is
+    closed, also when closed by an exception or Ctrl-C (tested against moto: the half object appears), and
+    offers no abort. So the bytes go to a hidden temporary key beside the target (`.<name>.part-<id>`, which
+    `list_files` skips) and are then moved onto it: the move is a server-side copy that publishes the whole
+    object or nothing. (S3 copies a single object of at most 5 GB this way.)"""
+    fs, path = filesystem(loc)
+    tmp = f"{parent(path)}/.{name(path)}.part-{uuid.uuid4().hex[:12]}"
+    try:
+        try:
+            with fs.open_output_stream(tmp) as out:
+                write(out)
+            fs.move(tmp, path)
+        except BaseException:
+            try:
+                fs.delete_file(tmp)
+            except Exception:
+                pass  # a leftover hidden .part object is garbage no reader trusts
+            raise
+    except OSError as err:
+        raise _explain(err, loc, "write") from None
 
 
 def write_text(loc: str | os.PathLike, text: str) -> str:
@@ -267,8 +285,25 @@ def upload_dir(local_dir: str | Path, loc: str | os.PathLike, last: Iterable[str
     order = [p for p in files if p.relative_to(local_dir).as_posix() not in last]
     order += [local_dir / n for n in last if (local_dir / n).is_file()]
     for p in order:
-        write_bytes(join(loc, p.relative_to(local_dir).as_posix()), p.read_bytes())
+        upload_file(p, join(loc, p.relative_to(local_dir).as_posix()))
     return str(loc)
+
+
+def upload_file(local: str | Path, loc: str | os.PathLike) -> str:
+    """Copy one local file to `loc` without holding it in memory, atomically like `write_bytes`: a temp file
+    renamed locally, one object made visible only when its upload completes in a bucket, so an interrupted
+    upload never leaves a half file that a later run would trust."""
+    s = str(loc)
+    if not is_remote(s):
+        path = Path(normalize(s))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+        return str(path)
+    with open(local, "rb") as src:
+        _put(s, lambda out: shutil.copyfileobj(src, out, length=8 << 20))
+    return s
 
 
 def download_dir(loc: str | os.PathLike, local_dir: str | Path) -> Path:

@@ -132,6 +132,49 @@ def test_working_copy_uploads_complete_objects_and_keeps_the_longer_log(env):
     assert (storage.WorkingCopy(loc).local / "episodes.jsonl").read_text().count("\n") == 3
 
 
+def test_an_interrupted_upload_leaves_no_object(env, tmp_path):
+    """pyarrow completes a multipart upload when its stream is closed, also by an exception: the layer must
+    publish the whole object or nothing, so a resume never trusts half a file."""
+    loc = f"s3://{BUCKET}/interrupted/task_demo.hdf5"
+    storage.write_bytes(loc.replace("task_demo", "other_demo"), b"ok")
+
+    def half(out):
+        out.write(b"half of the file")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the upload
+
+    with pytest.raises(KeyboardInterrupt):
+        storage._put(loc, half)
+    assert not storage.exists(loc)
+    assert [storage.name(f) for f in storage.list_files(f"s3://{BUCKET}/interrupted")] == ["other_demo.hdf5"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    storage.upload_file(big, loc)  # streamed, not read into memory
+    assert storage.read_bytes(loc) == big.read_bytes()
+
+
+def test_compare_reads_evaluation_folders_in_a_bucket(env, tmp_path, capsys):
+    from clad.eval.protocol import episode_seed
+    from clad.eval.results import EpisodeResult, ResultLog
+    from pipelines.cli import main as clad_main
+
+    for run, outcomes in (("base", [False, False, True]), ("ours", [True, True, True])):
+        log = ResultLog(tmp_path / run / "episodes.jsonl")
+        for ep, ok in enumerate(outcomes):
+            log.append(EpisodeResult(suite="libero_object", task_index=0, task_name="task0", episode=ep, init_index=ep,
+                                     seed=episode_seed(0, 0, ep), success=ok, steps=10, wall_s=1.0))
+        storage.upload_dir(tmp_path / run, f"s3://{BUCKET}/cmp/{run}/eval")
+    out = f"s3://{BUCKET}/cmp/compare.json"
+    assert clad_main(["compare", f"s3://{BUCKET}/cmp/base/eval", f"s3://{BUCKET}/cmp/ours/eval", "--out", out]) == 0
+    result = storage.read_json(out)
+    (pair,) = result["paired"]
+    assert (pair["a_name"], pair["b_name"]) == ("base/eval", "ours/eval")
+    assert pair["only_b"] == 2 and pair["only_a"] == 0
+    with pytest.raises(StorageError, match=r"evaluation folder s3://no-such-bucket/eval: bucket 'no-such-bucket' does not exist"):
+        from clad.eval.compare import load_eval_run
+
+        load_eval_run("s3://no-such-bucket/eval")
+
+
 @pytest.mark.parametrize("case", ["wrong_bucket", "unknown_keys", "read_only", "no_credentials"])
 def test_preflight_names_the_location_and_the_fix(env, s3, case):
     mp = env["mp"]
@@ -321,6 +364,25 @@ def test_evaluate_a_checkpoint_in_the_bucket(trained, tracking, env):
     assert again.episodes_run == 0 and again.summary["summary"]["overall"]["n"] == 1
 
 
+@pytest.mark.libero
+def test_demos_into_a_bucket_upload_finished_files_and_resume(env, ray_guarded):
+    """`clad demos --out s3://...`: recorded on the actor's disk, each finished file uploaded whole."""
+    from clad.data.libero_layout import demo_file_name
+    from clad.libero.suites import get_task
+    from pipelines.demos import run_demos
+
+    out = f"s3://{BUCKET}/demos/libero_object"
+    kw = dict(actors=1, image_size=64, max_attempts=3, screen=False, progress=False)
+    (rep,) = run_demos("libero_object", ["0"], 1, out, **kw)
+    final = f"{out}/{demo_file_name(get_task('libero_object', 0).name)}"
+    assert rep["demos"] == 1 and rep["file"] == final and storage.is_file(final)
+    assert storage.read_json(f"{out}/expert_report.json")[0]["demos"] == 1
+    assert not [p for p in (env["node_cache"] / "work").rglob("*.hdf5")]  # the local recording was removed
+    mtime = storage.stat(final)[1]
+    (again,) = run_demos("libero_object", ["0"], 1, out, **kw)
+    assert again["skipped"] and storage.stat(final)[1] == mtime  # the uploaded file is trusted, not redone
+
+
 def test_workers_never_touched_the_drivers_folder(trained, ray_guarded):
     # runs after the pipeline tests above (module order): every Ray task, Train worker and env actor worked
     # from URIs; any read of the driver's folder would have been refused and recorded
@@ -392,12 +454,14 @@ def test_the_guard_refuses_the_drivers_folder_in_workers(env, ray_guarded):
 
 
 def test_pipeline_places_every_step_in_the_bucket_and_skips_finished_stages(env):
-    from clad.errors import ConfigError
-    from pipelines.pipeline import _stage_done, load_pipeline_config, run_pipeline
+    from clad.errors import CladError
+    from pipelines.pipeline import _stage_done, check_pipeline_inputs, load_pipeline_config
 
     cfg = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe/"])
-    with pytest.raises(ConfigError, match=r"output_dir s3://clad-test/pipe is in object storage.*set input_dir"):
-        run_pipeline(cfg)  # scripted demos would be written to the driver's disk
+    assert check_pipeline_inputs(cfg) == f"s3://{BUCKET}/pipe"  # scripted demos are uploaded there
+    bad = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe/", "input_dir=s3://no-such-bucket/raw"])
+    with pytest.raises(CladError, match=r"input_dir s3://no-such-bucket/raw: bucket 'no-such-bucket' does not exist"):
+        check_pipeline_inputs(bad)
     runs = storage.join(cfg.location, "train")
     s1 = cfg.stage_config("stage1", storage.join(cfg.location, "dataset"), runs)
     assert s1.dataset_dir == f"s3://{BUCKET}/pipe/dataset" and s1.run_location.startswith(f"{runs}/stage1-")
