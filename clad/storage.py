@@ -34,7 +34,7 @@ from clad.errors import CladError
 __all__ = ["StorageError", "is_remote", "normalize", "join", "name", "parent", "filesystem", "exists", "is_file",
            "is_dir", "list_files", "read_bytes", "read_text", "read_json", "write_bytes", "write_text",
            "write_json", "open_input", "delete", "makedirs", "upload_dir", "upload_file", "download_dir", "local_copy", "stat", "relative",
-           "cache_root", "check_readable", "check_writable", "lock_file", "WorkingCopy"]
+           "cache_root", "check_readable", "check_writable", "create_exclusive", "lock_file", "WorkingCopy"]
 
 CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node (default ~/.cache/clad)
 
@@ -487,6 +487,39 @@ def _aws_credentials_visible() -> bool:
     if Path(env.get("AWS_SHARED_CREDENTIALS_FILE", Path.home() / ".aws" / "credentials")).expanduser().is_file():
         return True
     return env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true"  # an instance role may answer
+
+
+def create_exclusive(loc: str, data: bytes) -> bool | None:
+    """Create object `loc` only if it does not exist (S3's conditional PUT, `If-None-Match: *`): True when this
+    call created it, False when it already existed. None when the location's store offers no such write here
+    (only s3:// is implemented, through boto3, which reads the same AWS variables and instance role as
+    pyarrow; pyarrow itself exposes no conditional write)."""
+    if not str(loc).startswith("s3://"):
+        return None
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return None
+    bucket, key = str(loc)[len("s3://"):].split("/", 1)
+    try:
+        _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+            return False
+        raise _explain(err, str(loc), "write") from None
+    except BotoCoreError as err:
+        raise _explain(err, str(loc), "write") from None
+
+
+def _s3_client():
+    import boto3
+
+    # the endpoint (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL), region and credentials come from the environment
+    return boto3.session.Session().client("s3")
 
 
 def lock_file(loc: str | os.PathLike, lock_name: str) -> str:

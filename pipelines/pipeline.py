@@ -87,10 +87,6 @@ class PipelineConfig(FrozenConfig):
             why = feature_training_error(self.stage_config("stage2", Path("<dataset>"), runs))
             if why:
                 raise ValueError(f"cache_features: {why}; or set cache_features=false")
-            if storage.is_remote(self.output_dir):
-                raise ValueError(f"cache_features: the feature set is written beside the dataset on local disk, "
-                                 f"and output_dir {self.output_dir} is in object storage: set cache_features=false "
-                                 "or a local (or mounted) output_dir")
         self.eval_config(Path("<model>"))
         if self.eval_checkpoint not in ("final", "best"):
             raise ValueError(f"eval_checkpoint must be 'final' or 'best', got {self.eval_checkpoint!r}")

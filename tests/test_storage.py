@@ -364,6 +364,58 @@ def test_evaluate_a_checkpoint_in_the_bucket(trained, tracking, env):
     assert again.episodes_run == 0 and again.summary["summary"]["overall"]["n"] == 1
 
 
+@pytest.fixture(scope="module")
+def feature_set(trained, dataset):
+    """`clad features` with the stage-1 model in the bucket, writing its feature set into the bucket."""
+    from clad.model.frozen_encoder import EncoderSpec
+    from pipelines.features import extract_features
+
+    root = f"s3://{BUCKET}/features/s1"
+    res = extract_features(dataset["uri"], EncoderSpec(source="stage1", checkpoint=f"s3://{BUCKET}/runs/stage1"), root)
+    return {"root": root, "res": res}
+
+
+def test_features_are_extracted_into_the_bucket(feature_set, dataset):
+    root, res = feature_set["root"], feature_set["res"]
+    meta = storage.read_json(f"{root}/feature_set.json")
+    manifest = storage.read_json(f"{dataset['uri']}/manifest.json")
+    assert meta["complete"] and meta["dataset_dir"] == dataset["uri"] and res["root"] == root
+    shards = storage.list_files(root, ".npz", recursive=True)
+    assert len(shards) == sum(manifest["counts"]["episodes"].values()) == res["encoded"]
+
+
+@pytest.mark.parametrize("source", ["memory", "stream"])
+def test_stage2_trains_from_a_feature_set_in_the_bucket(feature_set, dataset, tracking, env, source):
+    from pipelines.train import run_training
+
+    cfg = _train_cfg(dataset["uri"], "stage=stage2", "steps=2", f"stage1_checkpoint=s3://{BUCKET}/runs/stage1",
+                     f"loader.feature_set={feature_set['root']}", f"loader.source={source}",
+                     f"run_name=s2-features-{source}")
+    result = run_training(cfg, tracking=tracking)
+    assert result.error is None
+    assert storage.is_file(f"s3://{BUCKET}/runs/s2-features-{source}/final/model.safetensors")
+    # the workers read the feature set from their node's cache
+    assert list((env["node_cache"] / "storage").glob("s1-*/train/*.npz"))
+
+
+def test_features_of_a_dataset_in_a_missing_bucket_fail_before_any_work(env):
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["features", "s3://no-such-bucket/ds", "--stage1", f"s3://{BUCKET}/runs/stage1",
+                                      "--out", f"s3://{BUCKET}/features/never"])
+    with pytest.raises(StorageError, match=r"DATASET s3://no-such-bucket/ds: bucket 'no-such-bucket' does not exist"):
+        args.func(args)
+    assert storage.list_files(f"s3://{BUCKET}/features/never", recursive=True) == []
+
+
+def test_a_pipeline_caches_features_in_a_bucket_output_dir(env):
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe-features", "cache_features=true"])
+    s2 = cfg.stage_config("stage2", f"s3://{BUCKET}/pipe-features/dataset", f"s3://{BUCKET}/pipe-features/train")
+    assert s2.stage1_checkpoint.startswith(f"s3://{BUCKET}/pipe-features/train/stage1")
+
+
 @pytest.mark.libero
 def test_demos_into_a_bucket_upload_finished_files_and_resume(env, ray_guarded):
     """`clad demos --out s3://...`: recorded on the actor's disk, each finished file uploaded whole."""
