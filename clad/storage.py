@@ -557,6 +557,8 @@ class WorkingCopy:
         fs, _ = filesystem(self.loc)
         for info in files:
             rel = info.path[len(root):].lstrip("/")
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue  # lock objects, interrupted uploads' temporary keys
             dst = self.local / rel
             if dst.is_file() and dst.stat().st_size >= info.size:
                 continue

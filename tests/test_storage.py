@@ -175,6 +175,41 @@ def test_compare_reads_evaluation_folders_in_a_bucket(env, tmp_path, capsys):
         load_eval_run("s3://no-such-bucket/eval")
 
 
+def test_the_bucket_lock_refuses_a_writer_on_another_machine(env, tmp_path):
+    """An s3:// output folder is locked by a lock object created with a conditional PUT (If-None-Match: *)."""
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines.locking import FolderInUse, lock_folder
+
+    uri, mp = f"s3://{BUCKET}/locked", env["mp"]
+    lock = f"{uri}/.clad.lock"
+    assert storage.create_exclusive(f"{uri}/probe", b"1") is True
+    assert storage.create_exclusive(f"{uri}/probe", b"2") is False and storage.read_bytes(f"{uri}/probe") == b"1"
+    storage.delete(f"{uri}/probe")
+    with lock_folder(uri, "clad train"):
+        assert storage.read_json(lock)["pid"] == os.getpid()
+        mp.setenv("CLAD_CACHE_DIR", str(tmp_path / "other-machine"))  # its machine-local lock sees nothing
+        try:
+            with pytest.raises(FolderInUse, match=rf"{uri} is in use by pid {os.getpid()} .*aws s3 rm {lock}"):
+                with lock_folder(uri, "clad train"):
+                    pass
+        finally:
+            mp.setenv("CLAD_CACHE_DIR", str(env["driver"] / "cache"))
+    assert not storage.exists(lock)  # released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    storage.write_json(lock, {"pid": int(gone.stdout), "host": socket.gethostname(), "command": "clad train"})
+    with lock_folder(uri, "clad train"):  # the killed holder's stale lock on this machine is taken over
+        assert storage.read_json(lock)["pid"] == os.getpid()
+    storage.write_json(lock, {"pid": 1, "host": "node-7", "command": "clad train", "started": 0})
+    with pytest.raises(FolderInUse, match=r"in use by pid 1 on node-7"):
+        with lock_folder(uri, "clad train"):
+            pass
+    assert storage.read_json(lock)["host"] == "node-7"  # another machine's lock is left alone
+    storage.delete(lock)
+
+
 @pytest.mark.parametrize("case", ["wrong_bucket", "unknown_keys", "read_only", "no_credentials"])
 def test_preflight_names_the_location_and_the_fix(env, s3, case):
     mp = env["mp"]
