@@ -470,6 +470,34 @@ def test_demos_into_a_bucket_upload_finished_files_and_resume(env, ray_guarded):
     assert again["skipped"] and storage.stat(final)[1] == mtime  # the uploaded file is trusted, not redone
 
 
+def test_a_tiny_sweep_keeps_trials_and_results_in_the_bucket(dataset, tracking, env, tmp_path):
+    """`clad tune` with output_dir in the bucket: Tune's storage_path, every trial's run folder, results.csv
+    and best_config.yaml live there."""
+    import csv
+    import io
+
+    import yaml
+
+    from pipelines.cli import main as clad_main
+
+    base, space = tmp_path / "base.yaml", tmp_path / "space.yaml"
+    base.write_text(yaml.safe_dump({
+        "dataset_dir": dataset["uri"], "output_dir": f"s3://{BUCKET}/sweeps", "model_preset": "tiny", "steps": 2,
+        "batch_size": 8, "validate_every": 1, "checkpoint_every": 2, "val_batches": 1, "optim": {"warmup_steps": 1}}))
+    space.write_text(yaml.safe_dump({
+        "name": "tiny", "num_samples": 2, "resources_per_trial": {"num_workers": 1, "cpus_per_worker": 0.45},
+        "scheduler": {"type": "asha", "max_t": 2, "grace_period": 1},
+        "space": {"model.dynamics.tau": {"choice": [2, 3]}}}))
+    assert clad_main(["tune", "--space", str(space), "--config", str(base), "--tracking-uri", tracking.uri]) == 0
+    sweep = f"s3://{BUCKET}/sweeps/tiny"
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{sweep}/results.csv"))))
+    assert len(rows) == 2 and all(float(r["objective"]) > 0 for r in rows)
+    assert storage.is_file(f"{sweep}/best_config.yaml")
+    finals = storage.list_files(f"{sweep}/trials", "final/model.safetensors", recursive=True)
+    assert len(finals) == 2, finals  # each trial's model in the bucket
+    assert storage.list_files(f"{sweep}/tune", recursive=True)  # Tune's experiment state (for a resume)
+
+
 def test_workers_never_touched_the_drivers_folder(trained, ray_guarded):
     # runs after the pipeline tests above (module order): every Ray task, Train worker and env actor worked
     # from URIs; any read of the driver's folder would have been refused and recorded
