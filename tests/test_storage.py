@@ -152,6 +152,20 @@ def test_an_interrupted_upload_leaves_no_object(env, tmp_path):
     assert storage.read_bytes(loc) == big.read_bytes()
 
 
+def test_a_pretrained_backbone_folder_in_a_bucket_is_read_from_the_node_cache(env):
+    from clad.errors import CheckpointError
+    from clad.model.pretrained_dir import read_pretrained_dir
+
+    uri = f"s3://{BUCKET}/weights/dnce"
+    storage.write_bytes(f"{uri}/model.safetensors", b"weights")
+    storage.write_json(f"{uri}/config.json", {"output_dim": 8})
+    path, meta = read_pretrained_dir(uri, "decisionnce_rn50")
+    assert meta == {"output_dim": 8} and (path / "model.safetensors").read_bytes() == b"weights"
+    assert path.is_relative_to(env["driver"] / "cache")
+    with pytest.raises(CheckpointError, match=rf"vision.checkpoint_dir=s3://{BUCKET}/weights/none: missing model"):
+        read_pretrained_dir(f"s3://{BUCKET}/weights/none", "decisionnce_rn50")
+
+
 def test_compare_reads_evaluation_folders_in_a_bucket(env, tmp_path, capsys):
     from clad.eval.protocol import episode_seed
     from clad.eval.results import EpisodeResult, ResultLog
@@ -263,7 +277,9 @@ def ray_guarded(env):
 def tracking(env):
     from pipelines.tracking import resolve_tracking
 
-    return resolve_tracking(env["shared"] / "tracking", experiment="test-storage")  # the head's server
+    tracking = resolve_tracking(env["shared"] / "tracking", experiment="test-storage")  # the head's server
+    tracking.activate()  # its experiment keeps artifacts in the shared folder, whichever command runs first
+    return tracking
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +499,8 @@ def test_a_tiny_sweep_keeps_trials_and_results_in_the_bucket(dataset, tracking, 
     base, space = tmp_path / "base.yaml", tmp_path / "space.yaml"
     base.write_text(yaml.safe_dump({
         "dataset_dir": dataset["uri"], "output_dir": f"s3://{BUCKET}/sweeps", "model_preset": "tiny", "steps": 2,
-        "batch_size": 8, "validate_every": 1, "checkpoint_every": 2, "val_batches": 1, "optim": {"warmup_steps": 1}}))
+        "batch_size": 8, "validate_every": 1, "checkpoint_every": 2, "val_batches": 1, "optim": {"warmup_steps": 1},
+        "mlflow_experiment": "test-storage"}))  # the experiment of the `tracking` server, artifacts outside the driver
     space.write_text(yaml.safe_dump({
         "name": "tiny", "num_samples": 2, "resources_per_trial": {"num_workers": 1, "cpus_per_worker": 0.45},
         "scheduler": {"type": "asha", "max_t": 2, "grace_period": 1},
