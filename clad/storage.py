@@ -33,8 +33,9 @@ from clad.errors import CladError
 
 __all__ = ["StorageError", "is_remote", "normalize", "join", "name", "parent", "filesystem", "exists", "is_file",
            "is_dir", "list_files", "read_bytes", "read_text", "read_json", "write_bytes", "write_text",
-           "write_json", "open_input", "delete", "makedirs", "upload_dir", "upload_file", "download_dir", "local_copy", "stat", "relative",
-           "cache_root", "check_readable", "check_writable", "create_exclusive", "lock_file", "WorkingCopy"]
+           "write_json", "open_input", "delete", "makedirs", "upload_dir", "upload_file", "download_dir", "local_copy",
+           "stat", "relative", "cache_root", "check_readable", "check_writable", "create_exclusive", "lock_file",
+           "WorkingCopy"]
 
 CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node (default ~/.cache/clad)
 
@@ -497,7 +498,7 @@ def create_exclusive(loc: str, data: bytes) -> bool | None:
     if not str(loc).startswith("s3://"):
         return None
     try:
-        import boto3
+        import boto3  # noqa: F401  (the client is built in _s3_client)
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         return None

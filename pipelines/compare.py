@@ -47,7 +47,8 @@ def run_compare(paths: list[str], names: list[str] | None = None, out: str | Non
 def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="paired comparison of evaluation folders (exact McNemar test)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("evals", nargs="+", metavar="EVAL_DIR", help="folders written by `clad eval --out` (paths or URIs); the first is the baseline")
+    p.add_argument("evals", nargs="+", metavar="EVAL_DIR",
+                   help="folders written by `clad eval --out` (paths or URIs); the first is the baseline")
     p.add_argument("--names", nargs="+", help="one label per folder (default: the folder names)")
     p.add_argument("--out", help="also write the comparison as JSON here (a path or a URI)")
     p.add_argument("--init-states", metavar="FIRST-LAST",

@@ -146,7 +146,8 @@ class Layout:
         """Every file the output depends on (for the fingerprint): meta, data and video files (URIs for a
         dataset in object storage)."""
         if storage.is_remote(self.root):
-            rels = [(f, storage.relative(f, self.root).split("/")) for f in storage.list_files(self.root, recursive=True)]
+            rels = [(f, storage.relative(f, self.root).split("/"))
+                    for f in storage.list_files(self.root, recursive=True)]
             return [f for f, parts in rels if parts[0] in ("meta", "data", "videos")
                     and not any(p.startswith(".") for p in parts)]
         root = Path(self.root)
@@ -179,7 +180,8 @@ def _episode_rows(root: str, meta: Path) -> list[dict[str, Any]]:
 
     files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
-        raise DataError(f"{storage.join(root, EPISODES_DIR)} holds no chunk-*/file-*.parquet: the episode metadata of a "
+        raise DataError(f"{storage.join(root, EPISODES_DIR)} holds no chunk-*/file-*.parquet: the episode metadata "
+                        "of a "
                         "LeRobot v3.0 dataset is missing")
     rows = []
     for f in files:
@@ -202,19 +204,20 @@ def load_layout(root: str | Path, image_keys: tuple[str, ...]) -> Layout:
     unexpected declared shape."""
     root = storage.normalize(root)  # an absolute path or a URI; the tasks resolve files where they run
     meta = meta_dir(root)
-    info = _read_json(meta / "info.json", storage.join(root, INFO))
+    info_loc = storage.join(root, INFO)  # for messages: where the user's file is
+    info = _read_json(meta / "info.json", info_loc)
     version = str(info.get("codebase_version", "?"))
     if version.startswith("v2"):
-        raise DataError(f"{storage.join(root, INFO)}: codebase_version {version} is a LeRobot v2 dataset; clad reads v3.0 - "
+        raise DataError(f"{info_loc}: codebase_version {version} is a LeRobot v2 dataset; clad reads v3.0 - "
                         + MIGRATE_HINT)
     if version != CODEBASE_VERSION:
-        raise DataError(f"{storage.join(root, INFO)}: codebase_version {version!r} is not supported (clad reads {CODEBASE_VERSION})")
+        raise DataError(f"{info_loc}: codebase_version {version!r} is not supported (clad reads {CODEBASE_VERSION})")
     features = info.get("features") or {}
     for key in ("fps", "data_path", "features"):
         if not info.get(key):
-            raise DataError(f"{storage.join(root, INFO)}: field {key!r} is missing")
+            raise DataError(f"{info_loc}: field {key!r} is missing")
     if ACTION_FEATURE not in features:
-        raise DataError(f"{storage.join(root, INFO)}: feature {ACTION_FEATURE!r} is missing (features: {sorted(features)})")
+        raise DataError(f"{info_loc}: feature {ACTION_FEATURE!r} is missing (features: {sorted(features)})")
     _expected_width(features, ACTION_FEATURE, ACTION_DIM)
     lowdim: list[str] = []
     if STATE_FEATURE in features:
@@ -228,7 +231,7 @@ def load_layout(root: str | Path, image_keys: tuple[str, ...]) -> Layout:
         if feat in features and key in image_keys and key not in image_features:
             shape = list(features[feat].get("shape", []))
             if len(shape) != 3 or shape[2] != 3:
-                raise DataError(f"{storage.join(root, INFO)}: feature {feat!r} has shape {shape}; expected [H, W, 3]")
+                raise DataError(f"{info_loc}: feature {feat!r} has shape {shape}; expected [H, W, 3]")
             image_features[key] = feat
     missing = [k for k in image_keys if k not in image_features]
     if missing:
@@ -238,9 +241,10 @@ def load_layout(root: str | Path, image_keys: tuple[str, ...]) -> Layout:
                         "choose `views` in the preprocess config accordingly")
     video = [f for f in image_features.values() if features[f].get("dtype") == "video"]
     if video and not info.get("video_path"):
-        raise DataError(f"{storage.join(root, INFO)}: features {video} are videos but 'video_path' is missing")
+        raise DataError(f"{info_loc}: features {video} are videos but 'video_path' is missing")
     return Layout(root=root, fps=float(info["fps"]), image_features=image_features, video_features=video,
-                  lowdim_keys=tuple(lowdim), tasks=_task_table(meta / "tasks.parquet", storage.join(root, TASKS)), episodes=_episode_rows(root, meta),
+                  lowdim_keys=tuple(lowdim), tasks=_task_table(meta / "tasks.parquet", storage.join(root, TASKS)),
+                  episodes=_episode_rows(root, meta),
                   data_path=str(info["data_path"]), video_path=info.get("video_path"), features=features)
 
 
@@ -550,7 +554,8 @@ def read_episode(layout: Layout, episode_index: int, image_keys: tuple[str, ...]
                 img = decode_image_bytes(rows.column(feat).to_pylist())
             out[key] = resize_images(img, image_size) if image_size else img
     except Exception as err:
-        raise DataError(f"{storage.join(layout.root, rel)} {_episode_name(episode_index)}: read failed while writing the dataset "
+        raise DataError(f"{storage.join(layout.root, rel)} {_episode_name(episode_index)}: read failed while writing "
+                        "the dataset "
                         f"({type(err).__name__}: {err}); the files changed or are corrupt after the scan - "
                         "fix or remove them and re-run") from err
     return out
