@@ -11,8 +11,9 @@ AWS / Google environment variables (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` 
 server such as MinIO). Nothing here imports Ray; Ray tasks receive locations as strings and call these
 functions where they run, so no worker ever depends on a path that only exists on the driver.
 
-Atomicity: a local write goes to a temp file that is renamed over the target; an object-store write is one
-object made visible only when its upload completes. Readers that decide whether work is finished
+Atomicity: a local write goes to a temp file that is renamed over the target; an object-store write goes to a
+hidden temporary key that is then moved (copied server-side) onto the target, so the target appears whole or
+not at all, even when the upload is interrupted. Readers that decide whether work is finished
 (manifest.json, summary.json, final/model.safetensors) can therefore trust any object they see whole.
 """
 
@@ -32,8 +33,9 @@ from clad.errors import CladError
 
 __all__ = ["StorageError", "is_remote", "normalize", "join", "name", "parent", "filesystem", "exists", "is_file",
            "is_dir", "list_files", "read_bytes", "read_text", "read_json", "write_bytes", "write_text",
-           "write_json", "open_input", "delete", "makedirs", "upload_dir", "download_dir", "local_copy",
-           "cache_root", "check_readable", "check_writable", "lock_file", "WorkingCopy"]
+           "write_json", "open_input", "delete", "makedirs", "upload_dir", "upload_file", "download_dir", "local_copy",
+           "stat", "relative", "cache_root", "check_readable", "check_writable", "create_exclusive", "lock_file",
+           "WorkingCopy"]
 
 CACHE_ENV = "CLAD_CACHE_DIR"  # where remote checkpoints are cached on each node (default ~/.cache/clad)
 
@@ -211,14 +213,31 @@ def write_bytes(loc: str | os.PathLike, data: bytes) -> str:
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return str(path)
-    fs, path = filesystem(s)
-    try:
-        # the object becomes visible only when the upload completes: never half an object
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-    except OSError as err:
-        raise _explain(err, s, "write") from None
+    _put(s, lambda out: out.write(data))
     return s
+
+
+def _put(loc: str, write) -> None:
+    """One complete object at `loc`, never half of one. pyarrow completes a multipart upload when its stream is
+    closed, also when closed by an exception or Ctrl-C (tested against moto: the half object appears), and
+    offers no abort. So the bytes go to a hidden temporary key beside the target (`.<name>.part-<id>`, which
+    `list_files` skips) and are then moved onto it: the move is a server-side copy that publishes the whole
+    object or nothing. (S3 copies a single object of at most 5 GB this way.)"""
+    fs, path = filesystem(loc)
+    tmp = f"{parent(path)}/.{name(path)}.part-{uuid.uuid4().hex[:12]}"
+    try:
+        try:
+            with fs.open_output_stream(tmp) as out:
+                write(out)
+            fs.move(tmp, path)
+        except BaseException:
+            try:
+                fs.delete_file(tmp)
+            except Exception:
+                pass  # a leftover hidden .part object is garbage no reader trusts
+            raise
+    except OSError as err:
+        raise _explain(err, loc, "write") from None
 
 
 def write_text(loc: str | os.PathLike, text: str) -> str:
@@ -267,21 +286,33 @@ def upload_dir(local_dir: str | Path, loc: str | os.PathLike, last: Iterable[str
     order = [p for p in files if p.relative_to(local_dir).as_posix() not in last]
     order += [local_dir / n for n in last if (local_dir / n).is_file()]
     for p in order:
-        write_bytes(join(loc, p.relative_to(local_dir).as_posix()), p.read_bytes())
+        upload_file(p, join(loc, p.relative_to(local_dir).as_posix()))
     return str(loc)
+
+
+def upload_file(local: str | Path, loc: str | os.PathLike) -> str:
+    """Copy one local file to `loc` without holding it in memory, atomically like `write_bytes`: a temp file
+    renamed locally, one object made visible only when its upload completes in a bucket, so an interrupted
+    upload never leaves a half file that a later run would trust."""
+    s = str(loc)
+    if not is_remote(s):
+        path = Path(normalize(s))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+        return str(path)
+    with open(local, "rb") as src:
+        _put(s, lambda out: shutil.copyfileobj(src, out, length=8 << 20))
+    return s
 
 
 def download_dir(loc: str | os.PathLike, local_dir: str | Path) -> Path:
     local_dir = Path(local_dir)
     loc = str(loc)
     files, root = _walk(loc, recursive=True)
-    fs, _ = filesystem(loc)
     for info in files:
-        rel = info.path[len(root):].lstrip("/")
-        dst = local_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(dst, "wb") as out:
-            shutil.copyfileobj(src, out, length=8 << 20)
+        _download(loc, info.path, local_dir / info.path[len(root):].lstrip("/"))
     return local_dir
 
 
@@ -290,33 +321,74 @@ def cache_root() -> Path:
 
 
 def local_copy(loc: str | os.PathLike) -> Path:
-    """A local folder with the content of `loc`: the path itself when local, otherwise a copy cached on this
-    node under `cache_root()`, keyed by the URI and the size and modification time of every file, so env
-    actors of one node download a checkpoint once and a rewritten checkpoint is fetched again."""
+    """A local path with the content of `loc` (a folder or one file): the path itself when local, otherwise a
+    copy cached on this node under `cache_root()`, keyed by the URI and the size and modification time of
+    every file, so the tasks and actors of one node download a checkpoint, a feature set or an input file
+    once, and a rewritten one is fetched again. A file keeps its name (`<cache>/<name>-<hash>/<name>`):
+    readers such as the LIBERO file reader take the task name from it."""
+    import pyarrow.fs as pafs
+
     s = str(loc)
     if not is_remote(s):
         return Path(normalize(s))
-    files, root = _walk(s, recursive=True)
+    info = _info(s)
+    single = info.type == pafs.FileType.File
+    files, root = ([info], parent(info.path)) if single else _walk(s, recursive=True)
     if not files:
-        raise StorageError(f"{s} holds no files: check the location (a checkpoint folder written by `clad train`)")
+        raise StorageError(f"{s} does not exist or holds no files: check the location (bucket and prefix)",
+                           f"{s} does not exist or holds no files: check the location (bucket and prefix)")
     h = hashlib.sha256(normalize(s).encode())
     for i in sorted(files, key=lambda i: i.path):
         h.update(f"\0{i.path}\0{i.size}\0{i.mtime_ns}".encode())
     target = cache_root() / f"{name(s)}-{h.hexdigest()[:16]}"
+    result = target / name(s) if single else target
     if target.is_dir():
-        return target
+        return result
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        download_dir(s, tmp)
+        if single:
+            _download(s, info.path, tmp / name(s))
+        else:
+            download_dir(s, tmp)
         try:
-            os.rename(tmp, target)  # atomic: concurrent actors on one node either win or find it complete
+            os.rename(tmp, target)  # atomic: concurrent tasks on one node either win or find it complete
         except OSError:
             if not target.is_dir():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return result
+
+
+def _download(loc: str, path: str, dst: Path) -> None:
+    fs, _ = filesystem(loc)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with fs.open_input_stream(path) as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out, length=8 << 20)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise _explain(err, loc, "read") from None
+
+
+def stat(loc: str | os.PathLike) -> tuple[int, float]:
+    """(size in bytes, modification time in POSIX seconds) of one file."""
+    info = _info(str(loc))
+    if info.type.name != "File":
+        raise FileNotFoundError(str(loc))
+    return int(info.size), (info.mtime_ns or 0) / 1e9
+
+
+def relative(loc: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`loc` relative to folder `root`, with forward slashes (both local, or both URIs)."""
+    if is_remote(root):
+        r, s = normalize(root), str(loc)
+        if not s.startswith(r + "/"):
+            raise ValueError(f"{s} is not under {r}")
+        return s[len(r) + 1:]
+    return Path(normalize(loc)).relative_to(normalize(root)).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------ pre-flight
@@ -331,9 +403,28 @@ def check_readable(loc: str | os.PathLike, what: str, expect: str = "") -> str:
     except StorageError as err:
         raise StorageError(f"{what} {s}: {err.fix}", err.fix) from None
     if not found:
+        bucket = _missing_bucket(s)
+        if bucket:
+            fix = (f"bucket '{bucket}' does not exist or is in another account: fix the URI (or create the bucket "
+                   f"and upload the data)")
+            raise StorageError(f"{what} {s}: {fix}", fix)
         where = f"{target} does not exist" if expect else "does not exist"
         raise StorageError(f"{what} {s}: {where}; check the location (and, for a URI, the bucket and prefix)")
     return s
+
+
+def _missing_bucket(loc: str) -> str:
+    """The bucket name of an s3:// / gs:// location whose bucket does not exist, else "" (pyarrow reports a
+    key in a missing bucket as merely not found)."""
+    if not is_remote(loc) or loc.split("://", 1)[0] not in ("s3", "gs", "gcs"):
+        return ""
+    import pyarrow.fs as pafs
+
+    bucket = loc.split("://", 1)[1].split("/", 1)[0]
+    try:
+        return bucket if _info(f"{loc.split('://', 1)[0]}://{bucket}").type == pafs.FileType.NotFound else ""
+    except StorageError:
+        return ""
 
 
 def check_writable(loc: str | os.PathLike, what: str) -> str:
@@ -399,6 +490,39 @@ def _aws_credentials_visible() -> bool:
     return env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true"  # an instance role may answer
 
 
+def create_exclusive(loc: str, data: bytes) -> bool | None:
+    """Create object `loc` only if it does not exist (S3's conditional PUT, `If-None-Match: *`): True when this
+    call created it, False when it already existed. None when the location's store offers no such write here
+    (only s3:// is implemented, through boto3, which reads the same AWS variables and instance role as
+    pyarrow; pyarrow itself exposes no conditional write)."""
+    if not str(loc).startswith("s3://"):
+        return None
+    try:
+        import boto3  # noqa: F401  (the client is built in _s3_client)
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return None
+    bucket, key = str(loc)[len("s3://"):].split("/", 1)
+    try:
+        _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+            return False
+        raise _explain(err, str(loc), "write") from None
+    except BotoCoreError as err:
+        raise _explain(err, str(loc), "write") from None
+
+
+def _s3_client():
+    import boto3
+
+    # the endpoint (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL), region and credentials come from the environment
+    return boto3.session.Session().client("s3")
+
+
 def lock_file(loc: str | os.PathLike, lock_name: str) -> str:
     """Where to put a lock file guarding `loc`: inside it when local; object stores have no locks, so for a
     URI a file in this machine's cache (it guards against a second writer on the same machine only)."""
@@ -434,6 +558,8 @@ class WorkingCopy:
         fs, _ = filesystem(self.loc)
         for info in files:
             rel = info.path[len(root):].lstrip("/")
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue  # lock objects, interrupted uploads' temporary keys
             dst = self.local / rel
             if dst.is_file() and dst.stat().st_size >= info.size:
                 continue

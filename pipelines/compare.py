@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from clad import storage
 
 
 def _default_names(paths: list[str]) -> list[str]:
-    names = [Path(p).resolve().name for p in paths]
+    parts = [storage.normalize(p).split("://", 1)[-1].split("/") for p in paths]  # local paths and URIs alike
+    names = [p[-1] for p in parts]
     if len(set(names)) == len(names):
         return names
     # e.g. two runs' `eval` folders: name them by their parent too
-    return ["/".join(Path(p).resolve().parts[-2:]) for p in paths]
+    return ["/".join(p[-2:]) for p in parts]
 
 
 def run_compare(paths: list[str], names: list[str] | None = None, out: str | None = None,
@@ -37,8 +39,7 @@ def run_compare(paths: list[str], names: list[str] | None = None, out: str | Non
         print(f"init states {keep.start}-{keep.stop - 1} only")
     print(format_comparison(result))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        storage.write_text(out, json.dumps(result, indent=2) + "\n")  # a local path or a URI
         print(f"wrote {out}")
     return result
 
@@ -46,9 +47,10 @@ def run_compare(paths: list[str], names: list[str] | None = None, out: str | Non
 def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="paired comparison of evaluation folders (exact McNemar test)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("evals", nargs="+", metavar="EVAL_DIR", help="folders written by `clad eval --out`; the first is the baseline")
+    p.add_argument("evals", nargs="+", metavar="EVAL_DIR",
+                   help="folders written by `clad eval --out` (paths or URIs); the first is the baseline")
     p.add_argument("--names", nargs="+", help="one label per folder (default: the folder names)")
-    p.add_argument("--out", help="also write the comparison as JSON here")
+    p.add_argument("--out", help="also write the comparison as JSON here (a path or a URI)")
     p.add_argument("--init-states", metavar="FIRST-LAST",
                    help="keep only episodes started from these init states (inclusive), e.g. 0-24 for scenes "
                         "held out from demonstrations recorded from 25-49")

@@ -12,9 +12,11 @@ The per-task expert report goes to `<out>/expert_report.json` and to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 from pathlib import Path
+
+from clad import storage
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,19 @@ class DemoWorker:
                  max_attempts: int | None, screen: bool, first_init: int = 0) -> dict:
         from clad.libero.demos import generate_task_demos
 
-        return generate_task_demos(suite, task, out_dir, episodes, image_size=image_size,
-                                   max_attempts=max_attempts, screen=screen, first_init=first_init).to_dict()
+        if not storage.is_remote(out_dir):
+            return generate_task_demos(suite, task, out_dir, episodes, image_size=image_size,
+                                       max_attempts=max_attempts, screen=screen, first_init=first_init).to_dict()
+        # a bucket: record on this node's disk, then upload the finished file as one object (storage.upload_file:
+        # an interrupted upload leaves no file that a resume would take for a finished task)
+        local = storage.cache_root().parent / "work" / f"demos-{storage.name(out_dir)}-{os.getpid()}"
+        rep = generate_task_demos(suite, task, local, episodes, image_size=image_size, max_attempts=max_attempts,
+                                  screen=screen, first_init=first_init).to_dict()
+        if rep.get("file"):
+            done = Path(rep["file"])
+            rep["file"] = storage.upload_file(done, storage.join(out_dir, done.name))
+            done.unlink()
+        return rep
 
 
 def _resolve_tasks(suite: str, tasks: list[str] | None) -> list[int]:
@@ -45,11 +58,11 @@ def _resolve_tasks(suite: str, tasks: list[str] | None) -> list[int]:
     return [get_task(suite, t).index for t in tasks]
 
 
-def _load_report(path: Path) -> dict[tuple[str, int], dict]:
-    if not path.is_file():
+def _load_report(path: str) -> dict[tuple[str, int], dict]:
+    if not storage.is_file(path):
         return {}
     try:
-        return {(r["suite"], int(r["task_index"])): r for r in json.loads(path.read_text())}
+        return {(r["suite"], int(r["task_index"])): r for r in storage.read_json(path)}
     except (ValueError, KeyError, TypeError):
         return {}
 
@@ -72,17 +85,21 @@ def run_demos(suite: str, tasks: list[str] | None, episodes: int, out: str | Pat
     if not 0 <= first_init < NUM_INIT_STATES:  # fail on the driver with the fix, not inside an actor
         raise ConfigError(f"first_init={first_init} (--first-init / demos.first_init) is out of range: LIBERO tasks "
                           f"have init states 0..{NUM_INIT_STATES - 1}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report_path = out / REPORT_NAME
+    if storage.is_remote(out):  # files are recorded on the actors' disks and uploaded whole when finished
+        out = storage.check_writable(storage.normalize(out), "--out")
+    else:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    report_path = storage.join(out, REPORT_NAME)
     previous = _load_report(report_path)
     indices = _resolve_tasks(suite, tasks)
 
     reports: dict[int, dict] = {}
     todo = []
     for i in indices:
-        if task_file(out, suite, i).exists():
-            old = previous.get((suite, i), {"suite": suite, "task_index": i, "file": str(task_file(out, suite, i))})
+        final = storage.join(out, task_file(".", suite, i).name)
+        if storage.is_file(final):
+            old = previous.get((suite, i), {"suite": suite, "task_index": i, "file": final})
             reports[i] = {**old, "skipped": True}
         else:
             todo.append(i)
@@ -122,14 +139,11 @@ def run_demos(suite: str, tasks: list[str] | None, episodes: int, out: str | Pat
     return [reports[i] for i in indices]
 
 
-def _write(path: Path, previous: dict, reports: dict[int, dict], suite: str) -> None:
+def _write(path: str, previous: dict, reports: dict[int, dict], suite: str) -> None:
     merged = dict(previous)
     for i, r in reports.items():
         merged[(suite, i)] = r
-    rows = [merged[k] for k in sorted(merged)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    tmp.replace(path)
+    storage.write_json(path, [merged[k] for k in sorted(merged)])  # atomic, locally and in a bucket
 
 
 def _print_report(rows: list[dict]) -> None:
@@ -151,7 +165,7 @@ def _cmd(args: argparse.Namespace) -> int:
                      image_size=args.image_size, max_attempts=args.max_attempts, screen=not args.no_screen,
                      first_init=args.first_init, address=args.address, progress=not args.no_progress)
     _print_report(rows)
-    print(f"report: {Path(args.out) / REPORT_NAME}")
+    print(f"report: {storage.join(args.out, REPORT_NAME)}")
     empty = [r["task_index"] for r in rows if not r.get("skipped") and r.get("demos", 0) == 0]
     if empty:
         log.error("the expert solved no init state of task(s) %s", empty)
@@ -166,7 +180,8 @@ def register(subparsers) -> None:
                    choices=["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"])
     p.add_argument("--tasks", nargs="*", default=None, help="task indices or names (default: every task)")
     p.add_argument("--episodes-per-task", type=int, default=50)
-    p.add_argument("--out", required=True, help="output directory (one <task>_demo.hdf5 per task)")
+    p.add_argument("--out", required=True, help="output directory (one <task>_demo.hdf5 per task), or a URI "
+                                                   "(s3://..., files are uploaded when finished)")
     p.add_argument("--actors", type=int, default=None, help="simulator actors (default: one per CPU, max 2)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--max-attempts", type=int, default=None, help="init states to try per task (default 50)")

@@ -15,6 +15,7 @@ and everything is logged to MLflow (pipelines/tracking.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -169,7 +170,8 @@ def run_evaluation(cfg: EvalConfig, out_dir: str | Path, *, tracking_uri: str | 
 
         tracking = resolve_tracking(out, tracking_uri, experiment=experiment)
         check_tracking(tracking, no_tracking_hint=", or pass --no-mlflow")
-    with lock_folder(out, "clad eval"):
+    # a bucket --out: its working copy here, and the bucket folder itself across machines (pipelines/locking.py)
+    with lock_folder(out, "clad eval"), (lock_folder(mirror.loc, "clad eval") if mirror else contextlib.nullcontext()):
         from pipelines import logs
 
         logs.attach_log_file(out)  # only once every check passed: a refused command leaves no folder behind

@@ -34,26 +34,25 @@ FRAMES_PER_CALL = 64  # frames per encoder forward pass (bounds activation memor
 
 
 def episode_units(dataset_dir: str | Path) -> list[dict[str, Any]]:
-    """Every episode of every split as a unit {split, file, row_group, unit}."""
-    import pyarrow.parquet as pq
-
+    """Every episode of every split as a unit {split, file, row_group, unit} (`file` may be a URI)."""
     from clad.data.store import split_files
 
+    from clad.data.store import parquet_file
+
     return [{"split": s, "file": str(f), "row_group": g, "unit": fs.unit_name(f, g)}
-            for s in SPLITS for f in split_files(dataset_dir, s) for g in range(pq.ParquetFile(f).num_row_groups)]
+            for s in SPLITS for f in split_files(dataset_dir, s) for g in range(parquet_file(f).num_row_groups)]
 
 
 def _read_unit(batch: dict[str, np.ndarray], image_keys: list[str]):
     """One unit -> its episode row (image columns only) plus the unit's split and name."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from clad.data.store import DECODE_COLUMNS
+    from clad.data.store import DECODE_COLUMNS, parquet_file
 
     cols = sorted(set(image_keys) | DECODE_COLUMNS)
     tables = []
     for f, g, s, u in zip(batch["file"], batch["row_group"], batch["split"], batch["unit"]):
-        t = pq.ParquetFile(str(f)).read_row_group(int(g), columns=cols)
+        t = parquet_file(str(f)).read_row_group(int(g), columns=cols)  # a path or a URI, opened where it runs
         tables.append(t.append_column("fs_split", pa.array([str(s)] * t.num_rows))
                        .append_column("fs_unit", pa.array([str(u)] * t.num_rows)))
     return pa.concat_tables(tables)
@@ -99,11 +98,16 @@ def prepare(dataset_dir: str | Path, spec, out: str | Path | None = None):
     Returns (root, encoder, all units, units still to do)."""
     from clad.model.frozen_encoder import FrozenEncoder
 
+    from clad import storage
+
     encoder = FrozenEncoder.build(spec, device="cpu")
-    root = Path(out) if out else fs.default_dir(dataset_dir, encoder.id)
+    root = storage.normalize(out) if out else fs.default_dir(dataset_dir, encoder.id)  # a path or a URI
+    if storage.is_remote(root):
+        storage.check_writable(root, "--out")  # a wrong bucket or missing credentials: before any work
     fs.open_for_writing(root, encoder.identity, encoder.id, dataset_dir, list(encoder.views), encoder.feature_dim)
     units = episode_units(dataset_dir)
-    todo = [u for u in units if not fs.shard_path(root, u["split"], u["unit"]).is_file()]
+    have = {s: fs.existing_units(root, s) for s in SPLITS}
+    todo = [u for u in units if u["unit"] not in have[u["split"]]]
     return root, encoder, units, todo
 
 
@@ -145,17 +149,15 @@ def extract_features(dataset_dir: str | Path, spec, out: str | Path | None = Non
 
 def extract_features_local(dataset_dir: str | Path, spec, out: str | Path | None = None) -> dict[str, Any]:
     """The same extraction as one plain loop in this process (the benchmark's baseline; no Ray)."""
-    import pyarrow.parquet as pq
-
     from clad.data.episode_table import decode_episodes
-    from clad.data.store import DECODE_COLUMNS
+    from clad.data.store import DECODE_COLUMNS, parquet_file
 
     t0 = time.perf_counter()
     root, encoder, units, todo = prepare(dataset_dir, spec, out)
     image_keys = [CAMERA_TO_OBS_KEY[c] for c in encoder.views]
     frames = 0
     for u in todo:
-        table = pq.ParquetFile(u["file"]).read_row_group(u["row_group"], columns=sorted(set(image_keys) | DECODE_COLUMNS))
+        table = parquet_file(u["file"]).read_row_group(u["row_group"], columns=sorted(set(image_keys) | DECODE_COLUMNS))
         for ep in decode_episodes(table):
             fs.write_shard(root, u["split"], u["unit"], ep["episode_id"], encode_episode(encoder, ep, image_keys))
             frames += int(ep["length"])
@@ -181,21 +183,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="views to encode with a pretrained backbone (a stage-1 checkpoint names its own)")
     p.add_argument("--open-clip-model", default="RN50")
     p.add_argument("--no-rotate180", action="store_true", help="do not turn the stored (OpenGL) frames upright")
-    p.add_argument("--out", help="feature set folder (default: DATASET/features/<encoder id>)")
+    p.add_argument("--out", help="feature set folder or URI (default: DATASET/features/<encoder id>)")
     p.add_argument("--actors", type=int, help="encoder actors (default: one per GPU, else one per CPU)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a new local cluster)")
     p.set_defaults(func=main)
 
 
 def spec_from_args(args: argparse.Namespace):
+    from clad import storage
     from clad.model.frozen_encoder import EncoderSpec
 
     if args.stage1:
-        return EncoderSpec(source="stage1", checkpoint=str(Path(args.stage1).resolve()))
+        return EncoderSpec(source="stage1", checkpoint=storage.normalize(args.stage1))
     if not args.weights:
         raise ConfigError(f"--backbone {args.backbone} needs --weights DIR (model.safetensors + config.json; convert "
                           "an official DecisionNCE .pth with `python -m clad.model.decisionnce_convert`)")
-    return EncoderSpec(source="pretrained", backbone=args.backbone, checkpoint=str(Path(args.weights).resolve()),
+    return EncoderSpec(source="pretrained", backbone=args.backbone, checkpoint=storage.normalize(args.weights),
                        cameras=tuple(args.cameras), rotate180=not args.no_rotate180,
                        open_clip_model=args.open_clip_model)
 
@@ -205,13 +208,12 @@ def main(args: argparse.Namespace) -> int:
 
     from clad import storage
 
-    for flag, value in (("DATASET", args.dataset), ("--out", args.out), ("--stage1", args.stage1),
-                        ("--weights", args.weights)):
-        if value and storage.is_remote(value):  # a Path of "s3://b/x" would name a local folder "s3:"
-            raise ConfigError(f"{flag} {value}: feature sets are read and written on local (or mounted) storage "
-                              "only; copy the dataset and the checkpoint to a local folder or a shared mount")
+    # every location may be a URI: the dataset and the encoder are read where the tasks run (per-node cache)
+    for flag, value in (("DATASET", args.dataset), ("--stage1", args.stage1), ("--weights", args.weights)):
+        if value and storage.is_remote(value):
+            storage.check_readable(value, flag)
     spec = spec_from_args(args)
-    dataset = Path(args.dataset).resolve()
+    dataset = storage.normalize(args.dataset)
     prepare(dataset, spec, args.out)  # every refusal on the driver, before Ray starts
     init_ray(address=args.address)
     res = extract_features(dataset, spec, args.out, actors=args.actors)

@@ -24,7 +24,7 @@ from typing import Any
 import pydantic
 
 from clad import storage
-from clad.config import FrozenConfig, apply_overrides, config_from_dict, deep_merge, read_yaml, save_config
+from clad.config import FrozenConfig, apply_overrides, config_from_dict, deep_merge, read_yaml
 from clad.data.preprocess_config import PreprocessConfig
 from clad.errors import ConfigError
 from clad.eval.config import EvalConfig
@@ -87,10 +87,6 @@ class PipelineConfig(FrozenConfig):
             why = feature_training_error(self.stage_config("stage2", Path("<dataset>"), runs))
             if why:
                 raise ValueError(f"cache_features: {why}; or set cache_features=false")
-            if storage.is_remote(self.output_dir):
-                raise ValueError(f"cache_features: the feature set is written beside the dataset on local disk, "
-                                 f"and output_dir {self.output_dir} is in object storage: set cache_features=false "
-                                 "or a local (or mounted) output_dir")
         self.eval_config(Path("<model>"))
         if self.eval_checkpoint not in ("final", "best"):
             raise ValueError(f"eval_checkpoint must be 'final' or 'best', got {self.eval_checkpoint!r}")
@@ -181,12 +177,13 @@ def _stage_done(cfg: TrainConfig) -> bool:
 def check_pipeline_inputs(cfg: PipelineConfig) -> str:
     """What the config alone cannot check, before any output, Ray or MLflow run. Returns output_dir's location."""
     out = cfg.location  # an absolute local path or a URI
-    if cfg.input_dir and not Path(cfg.input_dir).expanduser().is_dir():
+    if cfg.input_dir and storage.is_remote(cfg.input_dir):
+        from pipelines.preprocess import check_input_dir
+
+        check_input_dir(cfg.input_dir, "input_dir")  # a wrong bucket, missing credentials or prefix fail here
+    elif cfg.input_dir and not Path(cfg.input_dir).expanduser().is_dir():
         raise ConfigError(f"input_dir {cfg.input_dir} is not a folder: point it at a folder of LIBERO *_demo.hdf5 "
                           "files (or a LeRobot dataset), or drop input_dir to script demonstrations")
-    if storage.is_remote(out) and not cfg.input_dir:
-        raise ConfigError(f"output_dir {out} is in object storage, but scripted demonstrations are written to "
-                          "local disk: set input_dir to LIBERO files on storage every node mounts")
     storage.check_writable(out, "output_dir")  # a wrong bucket or missing credentials fail before any work
     return out
 
@@ -218,13 +215,15 @@ def run_pipeline(cfg: PipelineConfig, *, address: str | None = None, tracking_ur
 
         # 1. demonstrations (only without a user dataset)
         if cfg.input_dir:
-            input_dir = Path(cfg.input_dir).expanduser().resolve()  # checked in check_pipeline_inputs
+            from pipelines.preprocess import check_input_dir
+
+            input_dir = check_input_dir(cfg.input_dir, "input_dir")  # a path or a URI
             summary["steps"]["demos"] = {"skipped": "input_dir given", "input_dir": str(input_dir)}
         else:
             d = cfg.demos
-            input_dir = Path(out) / "demos" / d.suite
+            input_dir = storage.join(out, "demos", d.suite)  # in a bucket: each file uploaded when finished
             log.info("step 1/5: scripted demonstrations -> %s", input_dir)
-            save_config(d, Path(out) / "demos" / "demos_config.json")
+            storage.write_json(storage.join(out, "demos", "demos_config.json"), d.to_dict(), indent=2, sort_keys=True)
             report = run_demos(d.suite, d.tasks, d.episodes_per_task, input_dir, actors=d.actors,
                                image_size=d.image_size, first_init=d.first_init, address=address)
             summary["steps"]["demos"] = {"dir": str(input_dir), "tasks": report}

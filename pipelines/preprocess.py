@@ -115,7 +115,7 @@ def _scan(files: list[Path], input_dir: Path, cfg: PreprocessConfig) -> list:
     import ray
 
     task = ray.remote(num_cpus=READ_CPUS, max_retries=1)(scan_file)
-    refs = [task.remote(str(p), p.relative_to(input_dir).as_posix(), cfg.image_keys, cfg.lowdim_keys) for p in files]
+    refs = [task.remote(str(p), storage.relative(p, input_dir), cfg.image_keys, cfg.lowdim_keys) for p in files]
     return ray.get(refs)
 
 
@@ -185,6 +185,15 @@ def _feature_dim(out_dir: Path, cfg: PreprocessConfig) -> int | None:
     return None
 
 
+def check_input_dir(input_dir: str | Path, what: str = "--input") -> Path | str:
+    """The input folder as an absolute path, or a normalised URI after checking it can be listed (a wrong
+    bucket, missing credentials or a missing prefix fail here, naming the location and the fix). The Ray
+    tasks then read each file from their node's cache (clad/storage.py local_copy), never a driver path."""
+    if not storage.is_remote(input_dir):
+        return Path(input_dir).expanduser().resolve()
+    return storage.check_readable(storage.normalize(input_dir), what)
+
+
 def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessConfig | None = None, *,
                    readers: int | None = None, feature_actors: int | None = None, ray_address: str | None = None,
                    force: bool = False, hash_threads: int = 4) -> PreprocessResult:
@@ -197,9 +206,9 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
     t0 = time.perf_counter()
     from pipelines.locking import check_folder_arg
 
-    input_dir = Path(input_dir).resolve()
+    input_dir = check_input_dir(input_dir)
     out_dir = check_folder_arg(out_dir)  # a URI is probed for writing (wrong bucket, credentials) right here
-    if not storage.is_remote(out_dir):
+    if not storage.is_remote(out_dir) and not storage.is_remote(input_dir):
         out_dir = out_dir.resolve()
         if out_dir == input_dir or input_dir in out_dir.parents:
             raise DataError(f"--out {out_dir} is inside --input {input_dir}: choose an output folder outside the demos")

@@ -53,14 +53,15 @@ class LerobotSource:
         """One Ray task per data file; episodes whose data file is missing are rejected on the driver."""
         import ray
 
-        root = Path(self.layout.root)
+        from clad import storage
+
         by_file: dict[str, list[dict]] = defaultdict(list)
         for ep in self.layout.episodes:
             by_file[self.layout.data_file(ep)].append(ep)
         scans: list[FileScan] = []
         present = {}
         for rel, eps in sorted(by_file.items()):
-            if (root / rel).is_file():
+            if storage.is_file(storage.join(self.layout.root, rel)):
                 present[rel] = eps
             else:
                 s = FileScan(file=rel, task_name="", instruction="", demos_found=len(eps))

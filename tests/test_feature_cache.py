@@ -421,29 +421,3 @@ def test_random_crop_augmentation_cannot_train_from_cached_features():
     cropped = load_train_config(None, [*base, "model.policy.augment=random_crop"])
     assert "augment" in feature_training_error(cropped)
     assert feature_training_error(load_train_config(None, [*base, "model.policy.augment=none"])) is None
-
-
-def test_clad_features_refuses_object_storage_locations_by_flag(tmp_path):
-    from clad.errors import ConfigError
-    from pipelines.cli import build_parser
-
-    parser = build_parser()
-    for argv, flag in ((["features", "s3://b/ds", "--stage1", str(tmp_path)], "DATASET"),
-                       (["features", str(tmp_path), "--stage1", "s3://b/runs/stage1"], "--stage1"),
-                       (["features", str(tmp_path), "--stage1", str(tmp_path), "--out", "gs://b/f"], "--out")):
-        args = parser.parse_args(argv)
-        with pytest.raises(ConfigError, match=f"{flag} .*local \\(or mounted\\) storage only"):
-            args.func(args)
-    assert not (tmp_path / "s3:").exists()
-
-
-def test_training_from_a_feature_set_in_a_bucket_is_refused_naming_the_field():
-    from clad.errors import ConfigError
-    from clad.training.config import load_train_config
-    from clad.training.data_source import check_feature_set
-
-    base = ["dataset_dir=ds", "stage=stage2", "model_preset=tiny"]
-    for over, field in ((["loader.feature_set=s3://b/f", "stage1_checkpoint=/runs/stage1"], "loader.feature_set"),
-                        (["loader.feature_set=/data/f", "stage1_checkpoint=s3://b/runs/stage1"], "stage1_checkpoint")):
-        with pytest.raises(ConfigError, match=f"{field}=.*needs the feature set and the encoder checkpoint on local"):
-            check_feature_set(load_train_config(None, [*base, *over]))

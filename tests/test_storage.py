@@ -132,6 +132,98 @@ def test_working_copy_uploads_complete_objects_and_keeps_the_longer_log(env):
     assert (storage.WorkingCopy(loc).local / "episodes.jsonl").read_text().count("\n") == 3
 
 
+def test_an_interrupted_upload_leaves_no_object(env, tmp_path):
+    """pyarrow completes a multipart upload when its stream is closed, also by an exception: the layer must
+    publish the whole object or nothing, so a resume never trusts half a file."""
+    loc = f"s3://{BUCKET}/interrupted/task_demo.hdf5"
+    storage.write_bytes(loc.replace("task_demo", "other_demo"), b"ok")
+
+    def half(out):
+        out.write(b"half of the file")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the upload
+
+    with pytest.raises(KeyboardInterrupt):
+        storage._put(loc, half)
+    assert not storage.exists(loc)
+    assert [storage.name(f) for f in storage.list_files(f"s3://{BUCKET}/interrupted")] == ["other_demo.hdf5"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    storage.upload_file(big, loc)  # streamed, not read into memory
+    assert storage.read_bytes(loc) == big.read_bytes()
+
+
+def test_a_pretrained_backbone_folder_in_a_bucket_is_read_from_the_node_cache(env):
+    from clad.errors import CheckpointError
+    from clad.model.pretrained_dir import read_pretrained_dir
+
+    uri = f"s3://{BUCKET}/weights/dnce"
+    storage.write_bytes(f"{uri}/model.safetensors", b"weights")
+    storage.write_json(f"{uri}/config.json", {"output_dim": 8})
+    path, meta = read_pretrained_dir(uri, "decisionnce_rn50")
+    assert meta == {"output_dim": 8} and (path / "model.safetensors").read_bytes() == b"weights"
+    assert path.is_relative_to(env["driver"] / "cache")
+    with pytest.raises(CheckpointError, match=rf"vision.checkpoint_dir=s3://{BUCKET}/weights/none: missing model"):
+        read_pretrained_dir(f"s3://{BUCKET}/weights/none", "decisionnce_rn50")
+
+
+def test_compare_reads_evaluation_folders_in_a_bucket(env, tmp_path, capsys):
+    from clad.eval.protocol import episode_seed
+    from clad.eval.results import EpisodeResult, ResultLog
+    from pipelines.cli import main as clad_main
+
+    for run, outcomes in (("base", [False, False, True]), ("ours", [True, True, True])):
+        log = ResultLog(tmp_path / run / "episodes.jsonl")
+        for ep, ok in enumerate(outcomes):
+            log.append(EpisodeResult(suite="libero_object", task_index=0, task_name="task0", episode=ep, init_index=ep,
+                                     seed=episode_seed(0, 0, ep), success=ok, steps=10, wall_s=1.0))
+        storage.upload_dir(tmp_path / run, f"s3://{BUCKET}/cmp/{run}/eval")
+    out = f"s3://{BUCKET}/cmp/compare.json"
+    assert clad_main(["compare", f"s3://{BUCKET}/cmp/base/eval", f"s3://{BUCKET}/cmp/ours/eval", "--out", out]) == 0
+    result = storage.read_json(out)
+    (pair,) = result["paired"]
+    assert (pair["a_name"], pair["b_name"]) == ("base/eval", "ours/eval")
+    assert pair["only_b"] == 2 and pair["only_a"] == 0
+    with pytest.raises(StorageError, match=r"evaluation folder s3://no-such-bucket/eval: bucket 'no-such-bucket'"):
+        from clad.eval.compare import load_eval_run
+
+        load_eval_run("s3://no-such-bucket/eval")
+
+
+def test_the_bucket_lock_refuses_a_writer_on_another_machine(env, tmp_path):
+    """An s3:// output folder is locked by a lock object created with a conditional PUT (If-None-Match: *)."""
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines.locking import FolderInUse, lock_folder
+
+    uri, mp = f"s3://{BUCKET}/locked", env["mp"]
+    lock = f"{uri}/.clad.lock"
+    assert storage.create_exclusive(f"{uri}/probe", b"1") is True
+    assert storage.create_exclusive(f"{uri}/probe", b"2") is False and storage.read_bytes(f"{uri}/probe") == b"1"
+    storage.delete(f"{uri}/probe")
+    with lock_folder(uri, "clad train"):
+        assert storage.read_json(lock)["pid"] == os.getpid()
+        mp.setenv("CLAD_CACHE_DIR", str(tmp_path / "other-machine"))  # its machine-local lock sees nothing
+        try:
+            with pytest.raises(FolderInUse, match=rf"{uri} is in use by pid {os.getpid()} .*aws s3 rm {lock}"):
+                with lock_folder(uri, "clad train"):
+                    pass
+        finally:
+            mp.setenv("CLAD_CACHE_DIR", str(env["driver"] / "cache"))
+    assert not storage.exists(lock)  # released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    storage.write_json(lock, {"pid": int(gone.stdout), "host": socket.gethostname(), "command": "clad train"})
+    with lock_folder(uri, "clad train"):  # the killed holder's stale lock on this machine is taken over
+        assert storage.read_json(lock)["pid"] == os.getpid()
+    storage.write_json(lock, {"pid": 1, "host": "node-7", "command": "clad train", "started": 0})
+    with pytest.raises(FolderInUse, match=r"in use by pid 1 on node-7"):
+        with lock_folder(uri, "clad train"):
+            pass
+    assert storage.read_json(lock)["host"] == "node-7"  # another machine's lock is left alone
+    storage.delete(lock)
+
+
 @pytest.mark.parametrize("case", ["wrong_bucket", "unknown_keys", "read_only", "no_credentials"])
 def test_preflight_names_the_location_and_the_fix(env, s3, case):
     mp = env["mp"]
@@ -185,7 +277,9 @@ def ray_guarded(env):
 def tracking(env):
     from pipelines.tracking import resolve_tracking
 
-    return resolve_tracking(env["shared"] / "tracking", experiment="test-storage")  # the head's server
+    tracking = resolve_tracking(env["shared"] / "tracking", experiment="test-storage")  # the head's server
+    tracking.activate()  # its experiment keeps artifacts in the shared folder, whichever command runs first
+    return tracking
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +287,14 @@ def dataset(env, ray_guarded):
     from clad.data.preprocess_config import PreprocessConfig
     from pipelines.preprocess import run_preprocess
 
-    raw = env["shared"] / "raw"  # LIBERO downloads sit on a shared mount (input_dir)
+    raw = env["driver"] / "raw"  # written on the driver, uploaded: the workers can read only the bucket's copy
     for i in range(2):
         write_demo_file(raw, f"task_{i}", lengths=(24, 32, 28, 20), image_size=32, seed=i)
+    raw_uri = storage.upload_dir(raw, f"s3://{BUCKET}/raw")
     uri = f"s3://{BUCKET}/ds"
-    first = run_preprocess(raw, uri, PreprocessConfig(val_fraction=0.25))
-    again = run_preprocess(raw, uri, PreprocessConfig(val_fraction=0.25))
-    return {"uri": uri, "first": first, "again": again}
+    first = run_preprocess(raw_uri, uri, PreprocessConfig(val_fraction=0.25))
+    again = run_preprocess(raw_uri, uri, PreprocessConfig(val_fraction=0.25))
+    return {"uri": uri, "raw": raw_uri, "first": first, "again": again}
 
 
 def test_preprocess_into_a_bucket(dataset):
@@ -211,6 +306,56 @@ def test_preprocess_into_a_bucket(dataset):
         assert shards and [storage.name(s) for s in shards] == manifest["splits"][split]["shards"]
     for name in ("stats.json", "tasks.json", "language.safetensors", "config.json"):
         assert storage.is_file(f"{uri}/{name}"), name
+
+
+def test_preprocess_reads_hdf5_input_from_a_bucket_through_the_node_cache(dataset, env):
+    manifest = storage.read_json(f"{dataset['uri']}/manifest.json")
+    assert manifest["input_dir"] == dataset["raw"]
+    assert sorted(f["rel"] for f in manifest["files"]) == ["task_0_demo.hdf5", "task_1_demo.hdf5"]
+    assert manifest["counts"]["episodes"]["train"] + manifest["counts"]["episodes"]["val"] == 8
+    # the scan and read tasks fetched each file into their node's cache, not the driver's
+    cached = sorted(p.name for p in (env["node_cache"] / "storage").glob("*/*_demo.hdf5"))
+    assert cached == ["task_0_demo.hdf5", "task_1_demo.hdf5"], cached
+
+
+def test_preprocess_reads_a_lerobot_dataset_from_a_bucket(env, ray_guarded):
+    from clad.data.preprocess_config import PreprocessConfig
+    from lerobot_fixtures import fixture_dir
+    from pipelines.preprocess import run_preprocess
+
+    src = storage.upload_dir(fixture_dir("libero_v3_video"), f"s3://{BUCKET}/lerobot_video")
+    res = run_preprocess(src, f"s3://{BUCKET}/ds_lerobot", PreprocessConfig(val_fraction=0.25, image_size=32))
+    m = res.manifest
+    assert m["format"] == "lerobot_v3" and m["input_dir"] == src and m["image_orientation"] == "upright"
+    assert m["counts"]["episodes"]["train"] > 0 and m["counts"]["rejected_demos"] == 0
+    assert storage.is_file(f"s3://{BUCKET}/ds_lerobot/manifest.json")
+    assert list((env["node_cache"] / "storage").glob("*/*.mp4"))  # videos were decoded from the node cache
+
+
+@pytest.mark.parametrize("case", ["wrong_bucket", "missing_folder", "no_credentials"])
+def test_preprocess_input_in_a_bucket_fails_before_any_work(env, s3, case):
+    from clad.data.preprocess_config import PreprocessConfig
+    from clad.errors import CladError
+    from pipelines.preprocess import run_preprocess
+
+    src, expect = f"s3://{BUCKET}/raw", ""
+    if case == "wrong_bucket":
+        src, expect = "s3://no-such-bucket/raw", "bucket 'no-such-bucket' does not exist"
+    elif case == "missing_folder":
+        src, expect = f"s3://{BUCKET}/nothing-here", "does not exist; check the location"
+    else:
+        _use_keys(env["mp"], None)
+        expect = "no AWS credentials found"
+    out = f"s3://{BUCKET}/ds-{case}"
+    try:
+        with pytest.raises(CladError) as err:
+            run_preprocess(src, env["shared"] / f"ds-{case}" if case == "no_credentials" else out,
+                           PreprocessConfig(val_fraction=0.25))
+    finally:
+        _use_keys(env["mp"], s3["writer"])
+    msg = str(err.value)
+    assert msg.startswith(f"--input {src}") and expect in msg, msg
+    assert storage.list_files(out, recursive=True) == []
 
 
 def _train_cfg(dataset_uri: str, *overrides: str):
@@ -268,6 +413,106 @@ def test_evaluate_a_checkpoint_in_the_bucket(trained, tracking, env):
     # resuming from the bucket runs nothing again
     again = run_evaluation(cfg, out, tracking_uri=tracking.uri, experiment="test-storage", progress=False)
     assert again.episodes_run == 0 and again.summary["summary"]["overall"]["n"] == 1
+
+
+@pytest.fixture(scope="module")
+def feature_set(trained, dataset):
+    """`clad features` with the stage-1 model in the bucket, writing its feature set into the bucket."""
+    from clad.model.frozen_encoder import EncoderSpec
+    from pipelines.features import extract_features
+
+    root = f"s3://{BUCKET}/features/s1"
+    res = extract_features(dataset["uri"], EncoderSpec(source="stage1", checkpoint=f"s3://{BUCKET}/runs/stage1"), root)
+    return {"root": root, "res": res}
+
+
+def test_features_are_extracted_into_the_bucket(feature_set, dataset):
+    root, res = feature_set["root"], feature_set["res"]
+    meta = storage.read_json(f"{root}/feature_set.json")
+    manifest = storage.read_json(f"{dataset['uri']}/manifest.json")
+    assert meta["complete"] and meta["dataset_dir"] == dataset["uri"] and res["root"] == root
+    shards = storage.list_files(root, ".npz", recursive=True)
+    assert len(shards) == sum(manifest["counts"]["episodes"].values()) == res["encoded"]
+
+
+@pytest.mark.parametrize("source", ["memory", "stream"])
+def test_stage2_trains_from_a_feature_set_in_the_bucket(feature_set, dataset, tracking, env, source):
+    from pipelines.train import run_training
+
+    cfg = _train_cfg(dataset["uri"], "stage=stage2", "steps=2", f"stage1_checkpoint=s3://{BUCKET}/runs/stage1",
+                     f"loader.feature_set={feature_set['root']}", f"loader.source={source}",
+                     f"run_name=s2-features-{source}")
+    result = run_training(cfg, tracking=tracking)
+    assert result.error is None
+    assert storage.is_file(f"s3://{BUCKET}/runs/s2-features-{source}/final/model.safetensors")
+    # the workers read the feature set from their node's cache
+    assert list((env["node_cache"] / "storage").glob("s1-*/train/*.npz"))
+
+
+def test_features_of_a_dataset_in_a_missing_bucket_fail_before_any_work(env):
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["features", "s3://no-such-bucket/ds", "--stage1", f"s3://{BUCKET}/runs/stage1",
+                                      "--out", f"s3://{BUCKET}/features/never"])
+    with pytest.raises(StorageError, match=r"DATASET s3://no-such-bucket/ds: bucket 'no-such-bucket' does not exist"):
+        args.func(args)
+    assert storage.list_files(f"s3://{BUCKET}/features/never", recursive=True) == []
+
+
+def test_a_pipeline_caches_features_in_a_bucket_output_dir(env):
+    from pipelines.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe-features", "cache_features=true"])
+    s2 = cfg.stage_config("stage2", f"s3://{BUCKET}/pipe-features/dataset", f"s3://{BUCKET}/pipe-features/train")
+    assert s2.stage1_checkpoint.startswith(f"s3://{BUCKET}/pipe-features/train/stage1")
+
+
+@pytest.mark.libero
+def test_demos_into_a_bucket_upload_finished_files_and_resume(env, ray_guarded):
+    """`clad demos --out s3://...`: recorded on the actor's disk, each finished file uploaded whole."""
+    from clad.data.libero_layout import demo_file_name
+    from clad.libero.suites import get_task
+    from pipelines.demos import run_demos
+
+    out = f"s3://{BUCKET}/demos/libero_object"
+    kw = dict(actors=1, image_size=64, max_attempts=3, screen=False, progress=False)
+    (rep,) = run_demos("libero_object", ["0"], 1, out, **kw)
+    final = f"{out}/{demo_file_name(get_task('libero_object', 0).name)}"
+    assert rep["demos"] == 1 and rep["file"] == final and storage.is_file(final)
+    assert storage.read_json(f"{out}/expert_report.json")[0]["demos"] == 1
+    assert not [p for p in (env["node_cache"] / "work").rglob("*.hdf5")]  # the local recording was removed
+    mtime = storage.stat(final)[1]
+    (again,) = run_demos("libero_object", ["0"], 1, out, **kw)
+    assert again["skipped"] and storage.stat(final)[1] == mtime  # the uploaded file is trusted, not redone
+
+
+def test_a_tiny_sweep_keeps_trials_and_results_in_the_bucket(dataset, tracking, env, tmp_path):
+    """`clad tune` with output_dir in the bucket: Tune's storage_path, every trial's run folder, results.csv
+    and best_config.yaml live there."""
+    import csv
+    import io
+
+    import yaml
+
+    from pipelines.cli import main as clad_main
+
+    base, space = tmp_path / "base.yaml", tmp_path / "space.yaml"
+    base.write_text(yaml.safe_dump({
+        "dataset_dir": dataset["uri"], "output_dir": f"s3://{BUCKET}/sweeps", "model_preset": "tiny", "steps": 2,
+        "batch_size": 8, "validate_every": 1, "checkpoint_every": 2, "val_batches": 1, "optim": {"warmup_steps": 1},
+        "mlflow_experiment": "test-storage"}))  # the experiment of the `tracking` server, artifacts outside the driver
+    space.write_text(yaml.safe_dump({
+        "name": "tiny", "num_samples": 2, "resources_per_trial": {"num_workers": 1, "cpus_per_worker": 0.45},
+        "scheduler": {"type": "asha", "max_t": 2, "grace_period": 1},
+        "space": {"model.dynamics.tau": {"choice": [2, 3]}}}))
+    assert clad_main(["tune", "--space", str(space), "--config", str(base), "--tracking-uri", tracking.uri]) == 0
+    sweep = f"s3://{BUCKET}/sweeps/tiny"
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{sweep}/results.csv"))))
+    assert len(rows) == 2 and all(float(r["objective"]) > 0 for r in rows)
+    assert storage.is_file(f"{sweep}/best_config.yaml")
+    finals = storage.list_files(f"{sweep}/trials", "final/model.safetensors", recursive=True)
+    assert len(finals) == 2, finals  # each trial's model in the bucket
+    assert storage.list_files(f"{sweep}/tune", recursive=True)  # Tune's experiment state (for a resume)
 
 
 def test_workers_never_touched_the_drivers_folder(trained, ray_guarded):
@@ -341,12 +586,14 @@ def test_the_guard_refuses_the_drivers_folder_in_workers(env, ray_guarded):
 
 
 def test_pipeline_places_every_step_in_the_bucket_and_skips_finished_stages(env):
-    from clad.errors import ConfigError
-    from pipelines.pipeline import _stage_done, load_pipeline_config, run_pipeline
+    from clad.errors import CladError
+    from pipelines.pipeline import _stage_done, check_pipeline_inputs, load_pipeline_config
 
     cfg = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe/"])
-    with pytest.raises(ConfigError, match=r"output_dir s3://clad-test/pipe is in object storage.*set input_dir"):
-        run_pipeline(cfg)  # scripted demos would be written to the driver's disk
+    assert check_pipeline_inputs(cfg) == f"s3://{BUCKET}/pipe"  # scripted demos are uploaded there
+    bad = load_pipeline_config("quickstart", [f"output_dir=s3://{BUCKET}/pipe/", "input_dir=s3://no-such-bucket/raw"])
+    with pytest.raises(CladError, match=r"input_dir s3://no-such-bucket/raw: bucket 'no-such-bucket' does not exist"):
+        check_pipeline_inputs(bad)
     runs = storage.join(cfg.location, "train")
     s1 = cfg.stage_config("stage1", storage.join(cfg.location, "dataset"), runs)
     assert s1.dataset_dir == f"s3://{BUCKET}/pipe/dataset" and s1.run_location.startswith(f"{runs}/stage1-")

@@ -6,21 +6,25 @@ Layout (default place: `<dataset>/features/<encoder id>/`, written by `clad feat
     <split>/<parquet stem>-<rg>.npz  one shard per episode (= per Parquet row group): per view obs key a
                                      (T, F) float16 array, plus `episode_id` and `length` for checking
 
-A shard is written to a temporary name and renamed, so a shard that exists is whole: an interrupted
-extraction resumes by skipping existing shards. `complete` turns true only after every episode has one.
+A feature set may live at a local path or an object-storage URI (clad/storage.py). A shard is written
+atomically (a temporary name renamed locally, a whole object in a bucket), so a shard that exists is whole: an
+interrupted extraction resumes by skipping existing shards. Readers of a set in a bucket (training workers)
+read a copy cached once per node. `complete` turns true only after every episode has one.
 A feature set is refused (FeatureSetError naming which) when it was made by another encoder or for
 another dataset (fingerprint) than the one asked for.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from clad import storage
 from clad.data.manifest import read_manifest
 from clad.errors import DataError
 
@@ -33,8 +37,8 @@ class FeatureSetError(DataError):
     """A feature set is missing, incomplete, or made by another encoder / for another dataset."""
 
 
-def default_dir(dataset_dir: str | Path, encoder_id: str) -> Path:
-    return Path(dataset_dir) / FEATURES_DIR / encoder_id
+def default_dir(dataset_dir: str | Path, encoder_id: str) -> str:
+    return storage.join(storage.normalize(dataset_dir), FEATURES_DIR, encoder_id)
 
 
 def unit_name(parquet_file: str | Path, row_group: int) -> str:
@@ -42,8 +46,13 @@ def unit_name(parquet_file: str | Path, row_group: int) -> str:
     return f"{Path(parquet_file).stem}-{int(row_group):04d}"
 
 
-def shard_path(root: str | Path, split: str, unit: str) -> Path:
-    return Path(root) / split / f"{unit}.npz"
+def shard_path(root: str | Path, split: str, unit: str) -> str:
+    return storage.join(root, split, f"{unit}.npz")
+
+
+def existing_units(root: str | Path, split: str) -> set[str]:
+    """The units of `split` that have a shard (one listing, not one request per shard)."""
+    return {storage.name(f)[:-len(".npz")] for f in storage.list_files(storage.join(root, split), ".npz")}
 
 
 def dataset_fingerprint(dataset_dir: str | Path) -> str:
@@ -51,11 +60,11 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
 
 
 def read_feature_manifest(root: str | Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST
-    if not path.is_file():
+    path = storage.join(root, MANIFEST)
+    if not storage.is_file(path):
         raise FeatureSetError(f"{root} is not a feature set ({MANIFEST} is missing): run `clad features` first")
     try:
-        meta = json.loads(path.read_text())
+        meta = storage.read_json(path)
     except json.JSONDecodeError as err:
         raise FeatureSetError(f"{path} is not valid JSON ({err}): delete {root} and re-run `clad features`") from None
     if meta.get("format") != FORMAT:
@@ -63,10 +72,8 @@ def read_feature_manifest(root: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def _write_json(path: str, data: dict) -> None:
+    storage.write_json(path, data, indent=2, sort_keys=True)  # atomic, locally and in a bucket
 
 
 def check_matches(meta: Mapping[str, Any], root: str | Path, *, encoder_id: str | None = None,
@@ -91,47 +98,48 @@ def check_matches(meta: Mapping[str, Any], root: str | Path, *, encoder_id: str 
 def open_for_writing(root: str | Path, identity: Mapping[str, Any], encoder_id: str, dataset_dir: str | Path,
                      views: list[str], feature_dim: int) -> dict[str, Any]:
     """Create (or re-open, to resume) a feature set; refuse one made by another encoder or for another dataset."""
-    root = Path(root)
+    root = storage.normalize(root)
     fp = dataset_fingerprint(dataset_dir)
-    if (root / MANIFEST).is_file():
+    if storage.is_file(storage.join(root, MANIFEST)):
         meta = read_feature_manifest(root)
         check_matches(meta, root, encoder_id=encoder_id, identity=identity, fingerprint=fp, dataset_dir=dataset_dir)
         return meta
-    if root.exists() and any(root.iterdir()):
+    if storage.is_remote(root) and storage.list_files(root, recursive=True) or \
+            not storage.is_remote(root) and Path(root).is_dir() and any(Path(root).iterdir()):
         raise FeatureSetError(f"{root} exists, is not empty and holds no {MANIFEST}: choose another output folder")
-    root.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(root)
     meta = {"format": FORMAT, "encoder": dict(identity), "encoder_id": encoder_id, "dataset_fingerprint": fp,
-            "dataset_dir": str(Path(dataset_dir).resolve()), "views": list(views), "feature_dim": int(feature_dim),
+            "dataset_dir": storage.normalize(dataset_dir), "views": list(views), "feature_dim": int(feature_dim),
             "complete": False, "counts": {}}
-    _write_json(root / MANIFEST, meta)
+    _write_json(storage.join(root, MANIFEST), meta)
     return meta
 
 
 def write_shard(root: str | Path, split: str, unit: str, episode_id: str, feats: Mapping[str, np.ndarray]) -> Path:
-    """One episode's features, per view obs key (T, F), stored as float16; atomic (temp file + rename)."""
+    """One episode's features, per view obs key (T, F), stored as float16; atomic (storage.write_bytes)."""
     path = shard_path(root, split, unit)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lengths = {int(np.shape(a)[0]) for a in feats.values()}
     if len(lengths) != 1:
         raise ValueError(f"views of episode {episode_id} have different lengths {sorted(lengths)}")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, episode_id=np.array(episode_id), length=np.array(lengths.pop()),
+    buf = io.BytesIO()
+    np.savez(buf, episode_id=np.array(episode_id), length=np.array(lengths.pop()),
              **{k: np.asarray(v, np.float16) for k, v in feats.items()})
-    os.replace(tmp, path)
-    return path
+    return storage.write_bytes(path, buf.getvalue())
 
 
 def finish(root: str | Path, expected: Mapping[str, list[str]]) -> dict[str, Any]:
     """Mark the feature set complete if every expected unit (per split) has its shard; returns the manifest."""
-    root = Path(root)
     meta = read_feature_manifest(root)
-    missing = {s: [u for u in units if not shard_path(root, s, u).is_file()] for s, units in expected.items()}
+    missing = {}
+    for s, units in expected.items():
+        have = existing_units(root, s)
+        missing[s] = [u for u in units if u not in have]
     missing = {s: m for s, m in missing.items() if m}
     if missing:
         raise FeatureSetError(f"feature set {root} lacks shards {missing}; re-run `clad features` to resume")
     meta["complete"] = True
     meta["counts"] = {s: len(u) for s, u in expected.items()}
-    _write_json(root / MANIFEST, meta)
+    _write_json(storage.join(root, MANIFEST), meta)
     return meta
 
 
@@ -152,8 +160,11 @@ def open_for_reading(root: str | Path, dataset_dir: str | Path, *, encoder_id: s
 
 def load_shard(root: str | Path, split: str, unit: str, episode_id: str, length: int,
                keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """One episode's features per view obs key, (T, F) float16, checked against the episode row it belongs to."""
-    path = shard_path(root, split, unit)
+    """One episode's features per view obs key, (T, F) float16, checked against the episode row it belongs to.
+    A feature set in a bucket is read from this node's cached copy (fetched once, on the first shard)."""
+    local = storage.local_copy(root) if not storage.is_remote(root) else \
+        _local_root(str(root), storage.stat(storage.join(root, MANIFEST)))
+    path = Path(local) / split / f"{unit}.npz"
     if not path.is_file():
         raise FeatureSetError(f"{path} is missing (episode {episode_id}): re-run `clad features` to resume")
     with np.load(path) as z:
@@ -164,3 +175,11 @@ def load_shard(root: str | Path, split: str, unit: str, episode_id: str, length:
         if missing:
             raise FeatureSetError(f"{path} has no features for {missing}")
         return {k: z[k] for k in keys}
+
+
+@functools.lru_cache(maxsize=4)
+def _local_root(root: str, manifest_stat: tuple) -> str:
+    """The node's cached copy of a remote feature set, resolved once per process and manifest version (one
+    HEAD per shard instead of listing the bucket; a re-extracted set rewrites its manifest, so a long-lived
+    Ray worker never reads a stale copy)."""
+    return str(storage.local_copy(root))

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from clad import storage
 from clad.data import validate as V
 from clad.data.images import resize_images
 from clad.data.libero_layout import DEMO_FILE_SUFFIX, task_name_from_file
@@ -22,8 +23,12 @@ from clad.data.stats import Moments
 from clad.errors import DataError
 
 
-def find_demo_files(input_dir: str | Path) -> list[Path]:
-    """Every `*_demo.hdf5` under `input_dir` (sub-folders included), sorted by relative path."""
+def find_demo_files(input_dir: str | Path) -> list[Path] | list[str]:
+    """Every `*_demo.hdf5` under `input_dir` (sub-folders included), sorted by relative path; URIs for a
+    folder in object storage (clad/storage.py)."""
+    if storage.is_remote(input_dir):
+        return [f for f in storage.list_files(input_dir, DEMO_FILE_SUFFIX, recursive=True)
+                if not any(part.startswith(".") for part in storage.relative(f, input_dir).split("/"))]
     root = Path(input_dir)
     if not root.is_dir():
         raise DataError(f"input folder {root} does not exist or is not a folder")
@@ -81,8 +86,8 @@ class FileScan:
 
 def scan_file(path: str | Path, rel: str, image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...]) -> FileScan:
     """Validate every demo of one file and compute its statistics. Never raises for bad data: problems become
-    Rejections (file-level ones have demo None)."""
-    path = Path(path)
+    Rejections (file-level ones have demo None). A URI is read from this node's cached copy."""
+    path = storage.local_copy(path)
     task_name = task_name_from_file(path.name)
     scan = FileScan(file=rel, task_name=task_name, instruction=task_name)
     try:
@@ -135,7 +140,7 @@ def read_episode(path: str | Path, demo: str, image_keys: tuple[str, ...], lowdi
     header scan could not see).
     """
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(storage.local_copy(path), "r") as f:  # a URI: this node's cached copy
             g = f["data"][demo]
             out: dict[str, np.ndarray] = {"actions": g["actions"][()].astype(np.float32)}
             for key in lowdim_keys:

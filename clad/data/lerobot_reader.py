@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from clad import storage
 from clad.data import validate as V
 from clad.data.hdf5_reader import DemoScan, FileScan
 from clad.data.images import resize_images
@@ -75,8 +76,19 @@ MISSING_METADATA = "missing_metadata"
 
 
 def is_lerobot_dataset(root: str | Path) -> bool:
-    """A LeRobot dataset of any version has meta/info.json (v2.x and v3.0 alike)."""
-    return (Path(root) / INFO).is_file()
+    """A LeRobot dataset of any version has meta/info.json (v2.x and v3.0 alike). `root` may be a URI."""
+    return storage.is_file(storage.join(root, INFO))
+
+
+def fetch(root: str, rel: str) -> Path:
+    """A local path to file `rel` of the dataset at `root`: the file itself, or for a dataset in object storage
+    this node's cached copy (clad/storage.py local_copy), so read tasks never need a path of the driver."""
+    return storage.local_copy(storage.join(root, rel))
+
+
+def meta_dir(root: str) -> Path:
+    """meta/ as a local folder (cached per node for a URI): small, and read whole by the driver and tasks."""
+    return storage.local_copy(storage.join(root, "meta"))
 
 
 # ----------------------------------------------------------------------------------------------- tasks
@@ -130,38 +142,46 @@ class Layout:
         return self.video_path.format(video_key=feature, chunk_index=ep[f"videos/{feature}/chunk_index"],
                                       file_index=ep[f"videos/{feature}/file_index"])
 
-    def files(self) -> list[Path]:
-        """Every file the output depends on (for the fingerprint): meta, data and video files."""
+    def files(self) -> list[Path] | list[str]:
+        """Every file the output depends on (for the fingerprint): meta, data and video files (URIs for a
+        dataset in object storage)."""
+        if storage.is_remote(self.root):
+            rels = [(f, storage.relative(f, self.root).split("/"))
+                    for f in storage.list_files(self.root, recursive=True)]
+            return [f for f, parts in rels if parts[0] in ("meta", "data", "videos")
+                    and not any(p.startswith(".") for p in parts)]
         root = Path(self.root)
         return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] in
                       ("meta", "data", "videos") and not any(s.startswith(".") for s in p.relative_to(root).parts))
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, where: str) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: cannot read LeRobot metadata ({type(err).__name__}: {err})") from None
+        raise DataError(f"{where}: cannot read LeRobot metadata ({type(err).__name__}: {err})") from None
 
 
-def _task_table(path: Path) -> dict[int, str]:
+def _task_table(path: Path, where: str) -> dict[int, str]:
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise DataError(f"{path} is missing: a LeRobot v3.0 dataset lists its task strings there")
+        raise DataError(f"{where} is missing: a LeRobot v3.0 dataset lists its task strings there")
     t = pq.read_table(path)
     text_col = "task" if "task" in t.column_names else "__index_level_0__"  # pandas writes the index
     if "task_index" not in t.column_names or text_col not in t.column_names:
-        raise DataError(f"{path}: expected columns task_index and task (or a pandas index), got {t.column_names}")
+        raise DataError(f"{where}: expected columns task_index and task (or a pandas index), got {t.column_names}")
     return {int(i): str(s) for i, s in zip(t.column("task_index").to_pylist(), t.column(text_col).to_pylist())}
 
 
-def _episode_rows(root: Path) -> list[dict[str, Any]]:
+def _episode_rows(root: str, meta: Path) -> list[dict[str, Any]]:
+    """meta/episodes rows, read from `meta` (the local meta/ folder of the dataset at `root`)."""
     import pyarrow.parquet as pq
 
-    files = sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
+    files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
-        raise DataError(f"{root / EPISODES_DIR} holds no chunk-*/file-*.parquet: the episode metadata of a "
+        raise DataError(f"{storage.join(root, EPISODES_DIR)} holds no chunk-*/file-*.parquet: the episode metadata "
+                        "of a "
                         "LeRobot v3.0 dataset is missing")
     rows = []
     for f in files:
@@ -182,20 +202,22 @@ def load_layout(root: str | Path, image_keys: tuple[str, ...]) -> Layout:
     """Read and check meta/ on the driver. Raises DataError for what makes the whole dataset unusable:
     a v2.x dataset, missing metadata, a missing configured view or action, a known feature with an
     unexpected declared shape."""
-    root = Path(root).resolve()
-    info = _read_json(root / INFO)
+    root = storage.normalize(root)  # an absolute path or a URI; the tasks resolve files where they run
+    meta = meta_dir(root)
+    info_loc = storage.join(root, INFO)  # for messages: where the user's file is
+    info = _read_json(meta / "info.json", info_loc)
     version = str(info.get("codebase_version", "?"))
     if version.startswith("v2"):
-        raise DataError(f"{root / INFO}: codebase_version {version} is a LeRobot v2 dataset; clad reads v3.0 - "
+        raise DataError(f"{info_loc}: codebase_version {version} is a LeRobot v2 dataset; clad reads v3.0 - "
                         + MIGRATE_HINT)
     if version != CODEBASE_VERSION:
-        raise DataError(f"{root / INFO}: codebase_version {version!r} is not supported (clad reads {CODEBASE_VERSION})")
+        raise DataError(f"{info_loc}: codebase_version {version!r} is not supported (clad reads {CODEBASE_VERSION})")
     features = info.get("features") or {}
     for key in ("fps", "data_path", "features"):
         if not info.get(key):
-            raise DataError(f"{root / INFO}: field {key!r} is missing")
+            raise DataError(f"{info_loc}: field {key!r} is missing")
     if ACTION_FEATURE not in features:
-        raise DataError(f"{root / INFO}: feature {ACTION_FEATURE!r} is missing (features: {sorted(features)})")
+        raise DataError(f"{info_loc}: feature {ACTION_FEATURE!r} is missing (features: {sorted(features)})")
     _expected_width(features, ACTION_FEATURE, ACTION_DIM)
     lowdim: list[str] = []
     if STATE_FEATURE in features:
@@ -209,7 +231,7 @@ def load_layout(root: str | Path, image_keys: tuple[str, ...]) -> Layout:
         if feat in features and key in image_keys and key not in image_features:
             shape = list(features[feat].get("shape", []))
             if len(shape) != 3 or shape[2] != 3:
-                raise DataError(f"{root / INFO}: feature {feat!r} has shape {shape}; expected [H, W, 3]")
+                raise DataError(f"{info_loc}: feature {feat!r} has shape {shape}; expected [H, W, 3]")
             image_features[key] = feat
     missing = [k for k in image_keys if k not in image_features]
     if missing:
@@ -219,9 +241,10 @@ def load_layout(root: str | Path, image_keys: tuple[str, ...]) -> Layout:
                         "choose `views` in the preprocess config accordingly")
     video = [f for f in image_features.values() if features[f].get("dtype") == "video"]
     if video and not info.get("video_path"):
-        raise DataError(f"{root / INFO}: features {video} are videos but 'video_path' is missing")
-    return Layout(root=str(root), fps=float(info["fps"]), image_features=image_features, video_features=video,
-                  lowdim_keys=tuple(lowdim), tasks=_task_table(root / TASKS), episodes=_episode_rows(root),
+        raise DataError(f"{info_loc}: features {video} are videos but 'video_path' is missing")
+    return Layout(root=root, fps=float(info["fps"]), image_features=image_features, video_features=video,
+                  lowdim_keys=tuple(lowdim), tasks=_task_table(meta / "tasks.parquet", storage.join(root, TASKS)),
+                  episodes=_episode_rows(root, meta),
                   data_path=str(info["data_path"]), video_path=info.get("video_path"), features=features)
 
 
@@ -369,7 +392,6 @@ def scan_data_file(layout: Layout, rel: str, episodes: list[dict], tasks: dict[i
     """
     import pyarrow.parquet as pq
 
-    root = Path(layout.root)
     by_task: dict[int, FileScan] = {}
     file_scan = FileScan(file=rel, task_name="", instruction="", demos_found=len(episodes))
 
@@ -381,7 +403,7 @@ def scan_data_file(layout: Layout, rel: str, episodes: list[dict], tasks: dict[i
 
     try:
         image_cols = [f for f in layout.image_features.values() if f not in layout.video_features]
-        table = pq.read_table(root / rel, columns=None)
+        table = pq.read_table(fetch(layout.root, rel), columns=None)
         cols = [c for c in table.column_names if c not in image_cols]
         small = table.select(cols)
     except Exception as err:
@@ -441,9 +463,8 @@ def _episode_image_hw(layout: Layout, rows, ep: dict, ts: np.ndarray, videos: di
         if feat in layout.video_features:
             rel = layout.video_file(ep, feat)
             if rel not in videos:
-                path = Path(layout.root) / rel
                 try:
-                    videos[rel] = VideoFile(path)
+                    videos[rel] = VideoFile(fetch(layout.root, rel))
                 except Exception as err:
                     videos[rel] = (f"{rel} does not decode ({type(err).__name__}: {err}); "
                                    "PyAV (`av`) decodes H.264 and AV1 (dav1d) - re-encode other codecs")
@@ -478,7 +499,7 @@ def _episode_image_hw(layout: Layout, rows, ep: dict, ts: np.ndarray, videos: di
 
 @functools.lru_cache(maxsize=8)
 def _episode_meta(root: str) -> dict[int, dict]:
-    return {int(r["episode_index"]): r for r in _episode_rows(Path(root))}
+    return {int(r["episode_index"]): r for r in _episode_rows(root, meta_dir(root))}
 
 
 def _episode_rows_of_file(layout: Layout, ep: dict, path: Path):
@@ -517,11 +538,10 @@ def read_episode(layout: Layout, episode_index: int, image_keys: tuple[str, ...]
     dataset's (upright) orientation, lowdim_key: (T, D) float32, "actions": (T, 7) float32}."""
     import pyarrow.parquet as pq
 
-    root = Path(layout.root)
     ep = _episode_meta(layout.root)[int(episode_index)]
     rel = layout.data_file(ep)
     try:
-        rows = _episode_rows_of_file(layout, ep, root / rel)
+        rows = _episode_rows_of_file(layout, ep, fetch(layout.root, rel))
         out: dict[str, np.ndarray] = {k: v.astype(np.float32)
                                       for k, v in episode_lowdim(rows, lowdim_keys).items()}
         ts = rows.column("timestamp").to_numpy().astype(np.float64)
@@ -529,12 +549,13 @@ def read_episode(layout: Layout, episode_index: int, image_keys: tuple[str, ...]
             feat = layout.image_features[key]
             if feat in layout.video_features:
                 start = float(ep[f"videos/{feat}/from_timestamp"])
-                img = decode_video_frames(root / layout.video_file(ep, feat), start + ts, layout.fps)
+                img = decode_video_frames(fetch(layout.root, layout.video_file(ep, feat)), start + ts, layout.fps)
             else:
                 img = decode_image_bytes(rows.column(feat).to_pylist())
             out[key] = resize_images(img, image_size) if image_size else img
     except Exception as err:
-        raise DataError(f"{root / rel} {_episode_name(episode_index)}: read failed while writing the dataset "
+        raise DataError(f"{storage.join(layout.root, rel)} {_episode_name(episode_index)}: read failed while writing "
+                        "the dataset "
                         f"({type(err).__name__}: {err}); the files changed or are corrupt after the scan - "
                         "fix or remove them and re-run") from err
     return out

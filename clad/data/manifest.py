@@ -48,7 +48,17 @@ def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
 
 
 def describe_files(root: str | Path, paths: Sequence[Path], threads: int = 4) -> list[FileInfo]:
-    """Hash every file (threads: hashlib releases the GIL, so hashing overlaps with disk reads)."""
+    """Hash every file (threads: hashlib releases the GIL, so hashing overlaps with disk reads).
+
+    Files in object storage are not downloaded to the driver for this: their identity is the URI, size and
+    modification time (a rewritten object gets a new one), recorded in place of the content hash."""
+    if storage.is_remote(root):
+        def remote(loc) -> FileInfo:
+            size, mtime = storage.stat(loc)
+            return FileInfo(storage.relative(loc, root), f"object:{size}:{mtime:.6f}", size, mtime)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            return list(pool.map(remote, paths))
     root = Path(root)
 
     def one(p: Path) -> FileInfo:

@@ -65,7 +65,7 @@ def task_for_files(name: str, scans: Sequence[FileScan], source: str) -> tuple[s
 class EpisodeRef:
     """An accepted episode to be written: where to read it and its row metadata."""
 
-    path: str  # absolute path of the source file
+    path: str  # absolute path (or URI) of the source file
     source_file: str  # relative to the input folder
     demo: str
     episode_id: str
@@ -122,7 +122,9 @@ def _reference_size(scans: Sequence[FileScan]) -> tuple[int, int] | None:
 def build_plan(input_dir: str | Path, scans: Sequence[FileScan], cfg: PreprocessConfig) -> Plan:
     """Decide image size, rejections, tasks, split and train statistics. Raises DataError when nothing is
     left to write (the caller still writes rejections.json first via the returned message)."""
-    root = Path(input_dir).resolve()
+    from clad import storage
+
+    root = storage.normalize(input_dir)  # an absolute local path or a URI
     scans = sorted(scans, key=lambda s: s.file)
     rejections = [r for s in scans for r in s.rejections]
     if cfg.image_size is not None:
@@ -149,7 +151,7 @@ def build_plan(input_dir: str | Path, scans: Sequence[FileScan], cfg: Preprocess
         tasks.append(Task(i, n, instruction, files, read[0].instruction, bench, source))
     task_index = {t.name: t.index for t in tasks}
     splits = assign_splits([(s.file, d.demo) for s, d in kept], cfg.val_fraction, cfg.split_seed)
-    episodes = [EpisodeRef(str(root / s.file), s.file, d.demo, f"{s.file}#{d.demo}", i, task_index[s.task_name],
+    episodes = [EpisodeRef(storage.join(root, s.file), s.file, d.demo, f"{s.file}#{d.demo}", i, task_index[s.task_name],
                            s.task_name, splits[(s.file, d.demo)], d.length)
                 for i, (s, d) in enumerate(kept)]
     train_moments: list[dict[str, Moments]] = [d.moments for s, d in kept if splits[(s.file, d.demo)] == "train"]

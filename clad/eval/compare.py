@@ -57,14 +57,20 @@ def load_eval_run(path: str | Path, name: str | None = None, init_states: range 
 
     `init_states` keeps only the episodes that started from those init states, e.g. to report scenes held
     out from the demonstrations apart from the demonstrations' own scenes."""
-    path = Path(path)
-    file = path if path.suffix == ".jsonl" else path / EPISODES_FILE
-    if not file.is_file():
+    from clad import storage
+
+    loc = str(path)  # a folder or the file itself, local or a URI (s3://...)
+    file = loc if loc.endswith(".jsonl") else storage.join(loc, EPISODES_FILE)
+    folder = storage.parent(file)
+    # a wrong bucket, missing credentials or no permission: StorageError naming the location and the fix
+    if storage.is_remote(loc):
+        storage.check_readable(loc, "evaluation folder")
+    if not storage.is_file(file):
         raise CladError(f"{file}: no evaluation results here. Pass the folder given to `clad eval --out` "
                         f"(it holds {EPISODES_FILE}).")
-    results = ResultLog(file).read()
+    results = ResultLog(storage.local_copy(file)).read()  # an object: read from a local copy (the log reader)
     if not results:
-        raise CladError(f"{file}: holds no readable episode records; run or resume `clad eval --out {file.parent}`.")
+        raise CladError(f"{file}: holds no readable episode records; run or resume `clad eval --out {folder}`.")
     if init_states is not None:
         results = [r for r in results if r.init_index in init_states]
         if not results:
@@ -77,8 +83,8 @@ def load_eval_run(path: str | Path, name: str | None = None, init_states: range 
             raise CladError(f"{file}: task {r.task_index} has two episodes with init state {r.init_index} and seed "
                             f"{r.seed}; episodes must have distinct seeds (see clad/eval/protocol.py)")
         episodes[key] = r
-    label = name or (file.parent.name if file.parent.name else str(file))
-    return EvalRun(name=label, path=str(file.parent), episodes=episodes)
+    label = name or storage.name(folder) or str(file)
+    return EvalRun(name=label, path=str(folder), episodes=episodes)
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

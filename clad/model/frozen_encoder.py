@@ -107,11 +107,14 @@ class FrozenEncoder:
 def build_vision(spec: EncoderSpec) -> VisionEncoder:
     """The VisionEncoder named by `spec`, weights loaded."""
     if spec.source == "stage1":
+        from clad import storage
         from clad.model.checkpoint import load_checkpoint
 
-        path = Path(spec.checkpoint)
-        if not (path / "model.safetensors").is_file() and (path / "final" / "model.safetensors").is_file():
-            path = path / "final"  # a run directory
+        loc = str(spec.checkpoint)  # a path or a URI (read from this node's cached copy)
+        if not storage.is_file(storage.join(loc, "model.safetensors")) \
+                and storage.is_file(storage.join(loc, "final", "model.safetensors")):
+            loc = storage.join(loc, "final")  # a run directory
+        path = storage.local_copy(loc) if storage.is_file(storage.join(loc, "model.safetensors")) else Path(loc)
         model = load_checkpoint(path)
         if model.vision is None:
             raise CheckpointError(f"{path}: the checkpoint's vision.backbone='{model.cfg.vision.backbone}' has no "

@@ -56,12 +56,6 @@ def check_feature_set(cfg: TrainConfig) -> dict[str, Any] | None:
     why = feature_training_error(cfg)
     if why:
         raise ConfigError(f"loader.feature_set={root}: {why}; train from images (unset loader.feature_set)")
-    from clad import storage
-
-    for field, loc in (("loader.feature_set", root), ("stage1_checkpoint", cfg.stage1_checkpoint)):
-        if loc is not None and storage.is_remote(loc):  # feature sets and their encoder are read by local path
-            raise ConfigError(f"{field}={loc}: training from cached features needs the feature set and the encoder "
-                              "checkpoint on local (or mounted) storage; copy them there, or unset loader.feature_set")
     spec = model_encoder_spec(cfg)
     v = cfg.model.vision
     if spec is None:  # features-only mode: no weights to hash; the backbone's settings must still agree
