@@ -536,7 +536,6 @@ def read_episode(layout: Layout, episode_index: int, image_keys: tuple[str, ...]
                  image_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """One accepted episode in full, like hdf5_reader.read_episode: {image_key: (T, H, W, 3) uint8 in the
     dataset's (upright) orientation, lowdim_key: (T, D) float32, "actions": (T, 7) float32}."""
-    import pyarrow.parquet as pq
 
     ep = _episode_meta(layout.root)[int(episode_index)]
     rel = layout.data_file(ep)
