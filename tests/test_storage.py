@@ -50,8 +50,9 @@ def s3():
     admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="admin", aws_secret_access_key="x")
     boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
     iam = boto3.client("iam", **admin)
-    users = {"writer": _iam_user(iam, "writer", ["s3:*"]),
-             "reader": _iam_user(iam, "reader", ["s3:GetObject", "s3:ListBucket"])}
+    # moto keeps IAM in-process across servers: names per server, so modules sharing this fixture coexist
+    users = {"writer": _iam_user(iam, f"writer-{port}", ["s3:*"]),
+             "reader": _iam_user(iam, f"reader-{port}", ["s3:GetObject", "s3:ListBucket"])}
     before = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
     moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     yield {"endpoint": endpoint, **users}
