@@ -493,7 +493,7 @@ class RunMirror:
             stat = p.stat()
             if self._pushed.get(rel) == (stat.st_size, stat.st_mtime_ns):
                 continue
-            storage.write_bytes(storage.join(self.location, rel), p.read_bytes())
+            storage.upload_file(p, storage.join(self.location, rel))
             self._pushed[rel] = (stat.st_size, stat.st_mtime_ns)
         best_file = self.local / BEST_FILE
         if best_file.is_file():

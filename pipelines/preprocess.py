@@ -208,9 +208,9 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, cfg: PreprocessCo
 
     input_dir = check_input_dir(input_dir)
     out_dir = check_folder_arg(out_dir)  # a URI is probed for writing (wrong bucket, credentials) right here
-    if not storage.is_remote(out_dir) and not storage.is_remote(input_dir):
-        out_dir = out_dir.resolve()
-        if out_dir == input_dir or input_dir in out_dir.parents:
+    if not storage.is_remote(out_dir):
+        out_dir = out_dir.resolve()  # workers write by absolute path, whatever their working folder
+        if not storage.is_remote(input_dir) and (out_dir == input_dir or input_dir in out_dir.parents):
             raise DataError(f"--out {out_dir} is inside --input {input_dir}: choose an output folder outside the demos")
     source = None
     if is_lerobot_dataset(input_dir):  # format dispatch: a LeRobot dataset has meta/info.json

@@ -204,6 +204,7 @@ class EnvPoolService:
         self._restarts += 1
         if self._restarts > self.max_actor_restarts:
             self.fatal = f"env actors died {self._restarts} times; last: {reason}"
+            slot.actor = slot.ref = slot.ready_ref = slot.job = None  # an empty slot: nothing dispatched to it
             return
         self._start(slot)
 

@@ -257,7 +257,7 @@ def keep_model(checkpoint_dir: str | Path, models_dir: str, step: int, report: d
                        {"step": step, "mlflow_run_id": mlflow_run_id or None,
                         "val": {k: float(v) for k, v in report.items() if k.startswith("val/")}}, indent=1)
     for name in [*(n for n in OPTIONAL_MODEL_FILES if (src / n).is_file()), *MODEL_FILES[::-1]]:
-        storage.write_bytes(storage.join(loc, name), (src / name).read_bytes())  # model.safetensors last
+        storage.upload_file(src / name, storage.join(loc, name))  # streamed; model.safetensors last
     return loc
 
 

@@ -87,9 +87,13 @@ class FileScan:
 def scan_file(path: str | Path, rel: str, image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...]) -> FileScan:
     """Validate every demo of one file and compute its statistics. Never raises for bad data: problems become
     Rejections (file-level ones have demo None). A URI is read from this node's cached copy."""
-    path = storage.local_copy(path)
-    task_name = task_name_from_file(path.name)
+    task_name = task_name_from_file(storage.name(path))
     scan = FileScan(file=rel, task_name=task_name, instruction=task_name)
+    try:  # a failed download (object gone, permissions, network) is a file-level rejection too
+        path = storage.local_copy(path)
+    except Exception as err:
+        scan.rejections.append(V.Rejection(rel, None, V.UNREADABLE, f"cannot fetch {path} ({type(err).__name__}: {err})"))
+        return scan
     try:
         f = h5py.File(path, "r")
     except Exception as err:  # h5py raises OSError for non-HDF5 / truncated files
