@@ -16,3 +16,7 @@ class DataError(CladError, ValueError):
 
 class CheckpointError(CladError, ValueError):
     """A checkpoint is missing, unreadable, or does not match the config it is loaded with."""
+
+
+class ClusterError(CladError, RuntimeError):
+    """The Ray cluster could not be started or reached."""

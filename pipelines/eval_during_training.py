@@ -342,7 +342,8 @@ class ClosedLoopEvaluator:
         s = report.summary["summary"]
         o = s["overall"]
         record = {"step": step, "successes": o["successes"], "n": o["n"], "rate": o["rate"], "ci95": o["ci95"],
-                  "errors": o["errors"], "complete": report.summary["complete"],
+                  "goal_progress": o.get("goal_progress"), "errors": o["errors"],
+                  "complete": report.summary["complete"],
                   "tasks": {str(t["task_index"]): t["rate"] for t in s["tasks"]},
                   "val": meta["val"], "mlflow_run_id": meta.get("mlflow_run_id"), "model": str(d / "model"),
                   "eval_dir": str(d / "eval"), "checkpoint_time": meta["checkpoint_time"],
@@ -375,6 +376,8 @@ class ClosedLoopEvaluator:
         now = int(time.time() * 1000)
         values = {"closed_loop/ci95_low": record["ci95"][0], "closed_loop/ci95_high": record["ci95"][1],
                   "closed_loop/episodes": record["n"], "closed_loop/delay_s": record.get("delay_s", 0.0),
+                  **({"closed_loop/goal_progress": record["goal_progress"]}
+                     if record.get("goal_progress") is not None else {}),
                   **{f"closed_loop/task_{t}": r for t, r in record.get("tasks", {}).items()}}
         # the success rate goes last: its presence marks the step as logged
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()] + \
@@ -420,10 +423,12 @@ class ClosedLoopEvaluator:
                             self.mirror.delete_model(r["step"])
         ranks = rank_correlations(records)
         (self.run_dir / FOLDER / RANKS_FILE).write_text(json.dumps(
-            {"what": "Spearman rho between each validation metric (lower = better) and closed-loop success "
-                     "across this run's checkpoints; agreement shows as rho near -1",
+            {"what": "Spearman rho (with its permutation p-value) between each validation metric (lower = better) "
+                     "and closed-loop success across this run's checkpoints, and under goal_progress the same "
+                     "against the mean fraction of goal predicates met; agreement shows as rho near -1",
              "metrics": ranks, "success": {str(r["step"]): r["rate"] for r in records},
-             "checkpoints": [{k: r.get(k) for k in ("step", "successes", "n", "rate", "ci95", "val", "complete")}
+             "checkpoints": [{k: r.get(k) for k in ("step", "successes", "n", "rate", "ci95", "goal_progress", "val",
+                                                    "complete")}
                              for r in records]}, indent=1) + "\n")
         run_id = next((r.get("mlflow_run_id") for r in records if r.get("mlflow_run_id")), None)
         if self.tracking is not None and run_id:
@@ -435,6 +440,9 @@ class ClosedLoopEvaluator:
                 for name, v in ranks.items():
                     if v["rho"] is not None and math.isfinite(v["rho"]):
                         client.log_metric(run_id, f"closed_loop/spearman/{name}", v["rho"], step=last)
+                    g = v.get("goal_progress") or {}
+                    if g.get("rho") is not None and math.isfinite(g["rho"]):
+                        client.log_metric(run_id, f"closed_loop/spearman_goal_progress/{name}", g["rho"], step=last)
                 if best:
                     client.set_tag(run_id, "clad.best_checkpoint", self._best_location())
                     client.set_tag(run_id, "clad.best_step", str(best[0]["step"]))
@@ -515,14 +523,24 @@ def print_closed_loop(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     for r in read_results(run_dir):
         lo, hi = r["ci95"]
+        progress = "" if r.get("goal_progress") is None else f"  goal progress {r['goal_progress']:.2f}"
         print(f"  step {r['step']:>7}: success {r['successes']}/{r['n']} = {100 * r['rate']:.1f} % "
-              f"[{100 * lo:.1f}, {100 * hi:.1f}]  val/loss {r['val'].get('val/loss', float('nan')):.4g}")
+              f"[{100 * lo:.1f}, {100 * hi:.1f}]{progress}  val/loss {r['val'].get('val/loss', float('nan')):.4g}")
     best = run_dir / BEST_FILE
     if best.is_file():
         top = json.loads(best.read_text())["best"][0]
         print(f"Best checkpoint: step {top['step']} ({best}); `clad eval --checkpoint {run_dir / BEST_DIR}`")
     ranks = run_dir / FOLDER / RANKS_FILE
     if ranks.is_file():
-        rho = {k: v["rho"] for k, v in json.loads(ranks.read_text())["metrics"].items()}
+        metrics = json.loads(ranks.read_text())["metrics"]
+
+        def fmt(v: dict) -> str:
+            if v.get("rho") is None:
+                return "n/a"
+            return f"{v['rho']:+.2f}" + ("" if v.get("p") is None else f" (p {v['p']:.2g})")
+
         print("Spearman rho (validation metric vs success; -1 = the metric ranks checkpoints as success does): "
-              + ", ".join(f"{k} {'n/a' if v is None else f'{v:+.2f}'}" for k, v in rho.items()))
+              + ", ".join(f"{k} {fmt(v)}" for k, v in metrics.items()))
+        if any("goal_progress" in v for v in metrics.values()):
+            print("Spearman rho (validation metric vs goal progress): "
+                  + ", ".join(f"{k} {fmt(v['goal_progress'])}" for k, v in metrics.items() if "goal_progress" in v))

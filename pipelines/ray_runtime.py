@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import ray
 
+from clad.errors import ClusterError
 from pipelines import logs, signals
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,12 @@ log = logging.getLogger(__name__)
 # Share of the cluster's CPUs that one pool may take; the rest stays free for Ray Data tasks, the Train
 # controller and the driver.
 DEFAULT_POOL_CPU_SHARE = 0.9
+
+# Ray waits a fixed 30 s for a new local node's raylet to register. Two clad commands starting Ray at once on a
+# loaded 2-core machine can miss that (measured: a pipeline started next to two training runs), so a local
+# start is tried this many times, 10 s apart, before the command gives up with a ClusterError.
+LOCAL_START_ATTEMPTS = 3
+LOCAL_START_BACKOFF_S = 10.0
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_gb: float | None = None,
@@ -44,7 +52,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     else:
         if object_store_gb is not None:
             kwargs["object_store_memory"] = int(object_store_gb * 1024**3)
-        ray.init(num_cpus=num_cpus, **kwargs)
+        start_local_cluster(num_cpus=num_cpus, **kwargs)
     if logs.is_configured():  # a `clad` command (not a library caller): SIGTERM stops it like Ctrl-C
         signals.route_sigterm_to_interrupt()
     try:
@@ -54,6 +62,58 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     except Exception:  # pragma: no cover - progress bars are cosmetic
         pass
     return ray.cluster_resources()
+
+
+def _is_startup_timeout(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "timed out during startup" in text or "gcs has become overloaded" in text
+
+
+def _stop_failed_start() -> None:
+    """Stop the Ray processes a failed local start left behind (this process's own children only)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency; without it they stop when clad exits
+        return
+    procs = [c for c in psutil.Process().children(recursive=True)
+             if any("/ray/" in part for part in _cmdline(c))]
+    for c in procs:
+        try:
+            c.terminate()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # the process exited or is not ours to read
+        return []
+
+
+def start_local_cluster(num_cpus: int | None = None, **kwargs) -> None:
+    """`ray.init` of a new local cluster, retried when Ray's fixed raylet wait runs out on a loaded machine."""
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=num_cpus, **kwargs)
+            return
+        except Exception as err:
+            if not _is_startup_timeout(err):
+                raise
+            ray.shutdown()
+            _stop_failed_start()
+            if attempt == LOCAL_START_ATTEMPTS:
+                load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+                raise ClusterError(
+                    f"the local Ray cluster did not start ({LOCAL_START_ATTEMPTS} attempts; Ray: {err}). The "
+                    f"machine is overloaded (load average {load} on {os.cpu_count()} CPUs) or another job was "
+                    "starting Ray at the same time. Re-run the command (it resumes), or start one "
+                    "cluster for all jobs (`ray start --head --num-cpus N`) and pass `--address 127.0.0.1:6379` "
+                    "(or set RAY_ADDRESS)") from None
+            log.warning("the local Ray cluster did not start in time (attempt %d of %d: %s); retrying in %.0f s",
+                        attempt, LOCAL_START_ATTEMPTS, err, LOCAL_START_BACKOFF_S)
+            time.sleep(LOCAL_START_BACKOFF_S)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clad.errors import ConfigError
-from clad.training.closed_loop import rank_correlations, select_best, should_evaluate, spearman
+from clad.training.closed_loop import rank_correlations, select_best, should_evaluate, spearman, spearman_test
 
 
 def _rec(step, successes, n=10, loss=None, **kw):
@@ -38,6 +38,19 @@ def test_spearman_matches_scipy_with_ties():
     assert spearman([1, 2, 3], [0.5, 0.5, 0.5]) is None  # success never changed: undefined
 
 
+def test_spearman_p_value_is_the_exact_permutation_one_for_few_checkpoints():
+    # 5 checkpoints in perfect order: of the 5! re-pairings only this one and its reverse reach |rho| = 1
+    rho, p = spearman_test([1, 2, 3, 4, 5], [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 120)
+    rho, p = spearman_test([1, 2, 3, 4], [0.4, 0.3, 0.2, 0.1])
+    assert rho == pytest.approx(-1.0) and p == pytest.approx(2 / 24)
+    # an unrelated order is not significant; a larger run is Monte-Carlo with a fixed seed (repeatable)
+    assert spearman_test([1, 2, 3, 4, 5, 6], [0.3, 0.1, 0.6, 0.2, 0.5, 0.4])[1] > 0.3
+    x, y = list(range(12)), [0.1, 0.0, 0.2, 0.4, 0.3, 0.5, 0.5, 0.7, 0.6, 0.8, 0.9, 0.9]
+    assert spearman_test(x, y) == spearman_test(x, y) and spearman_test(x, y)[1] < 0.01
+    assert spearman_test([1, 2], [1, 2]) == (None, None)
+
+
 def test_rank_correlations_per_validation_metric():
     records = [{**_rec(s, k), "val": {"val/loss": l, "val/action_mse": m}}
                for s, k, l, m in [(1, 2, 0.9, 0.1), (2, 5, 0.5, 0.2), (3, 8, 0.1, 0.3), (4, 6, 0.3, 0.4)]]
@@ -45,6 +58,17 @@ def test_rank_correlations_per_validation_metric():
     assert out["val/loss"]["rho"] == pytest.approx(-1.0)  # lower loss = higher success, in order
     assert out["val/action_mse"]["rho"] == pytest.approx(0.8)
     assert out["val/loss"]["n"] == 4 and out["val/loss"]["steps"] == [1, 2, 3, 4]
+    assert out["val/loss"]["p"] == pytest.approx(2 / 24)
+    assert "goal_progress" not in out["val/loss"]  # not recorded by these checkpoints
+
+
+def test_rank_correlations_against_goal_progress_separate_checkpoints_that_all_fail():
+    # no checkpoint succeeds (success is constant: rho undefined) but partial credit still ranks them
+    records = [{**_rec(s, 0), "goal_progress": g, "val": {"val/loss": l}}
+               for s, g, l in [(1, 0.1, 0.9), (2, 0.3, 0.5), (3, 0.5, 0.2), (4, 0.2, 0.6)]]
+    out = rank_correlations(records)["val/loss"]
+    assert out["rho"] is None and out["n"] == 4
+    assert out["goal_progress"]["rho"] == pytest.approx(-1.0) and out["goal_progress"]["steps"] == [1, 2, 3, 4]
 
 
 def test_which_checkpoints_are_rolled_out():

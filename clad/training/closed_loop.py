@@ -4,7 +4,8 @@ Plain Python (no Ray, no torch): the Ray side lives in pipelines/eval_during_tra
 
 Records are the per-checkpoint results the evaluator writes (`closed_loop/step_*/result.json`):
 
-    {"step": 500, "successes": 7, "n": 10, "rate": 0.7, "ci95": [0.4, 0.9], "val": {"val/loss": 0.08, ...}}
+    {"step": 500, "successes": 7, "n": 10, "rate": 0.7, "ci95": [0.4, 0.9], "goal_progress": 0.8,
+     "val": {"val/loss": 0.08, ...}}
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pydantic
 
 from clad.config import FrozenConfig
 
-__all__ = ["ClosedLoopConfig", "select_best", "rank_correlations", "spearman", "should_evaluate"]
+__all__ = ["ClosedLoopConfig", "select_best", "rank_correlations", "spearman", "spearman_test", "should_evaluate"]
 
 
 class ClosedLoopConfig(FrozenConfig):
@@ -66,45 +67,53 @@ def select_best(records: Iterable[Mapping], k: int, tie_break: str = "val/loss")
     return sorted(done, key=lambda r: (-float(r["rate"]), _tie_value(r, tie_break), -int(r["step"])))[:k]
 
 
-def _ranks(values: Sequence[float]) -> list[float]:
-    """Average ranks (1-based), ties share the mean of their positions."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for m in range(i, j + 1):
-            ranks[order[m]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (Pearson on average ranks); None when undefined (n < 3 or a constant)."""
-    if len(x) != len(y) or len(x) < 3:
-        return None
-    rx, ry = _ranks(list(x)), _ranks(list(y))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
+    """Spearman's rank correlation (scipy, average ranks for ties); None when undefined (n < 3 or a constant)."""
+    return spearman_test(x, y)[0]
+
+
+def spearman_test(x: Sequence[float], y: Sequence[float], n_resamples: int = 9999,
+                  seed: int = 0) -> tuple[float | None, float | None]:
+    """Spearman's rho and its two-sided permutation p-value. A run has few checkpoints, where the usual
+    t approximation is off, so the p-value comes from re-pairing x and y: exact up to 7 checkpoints
+    (7! <= n_resamples), Monte-Carlo with a fixed seed above. (None, None) when rho is undefined."""
+    from scipy import stats
+
+    if len(x) != len(y) or len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None, None
+    rho = float(stats.spearmanr(x, y).statistic)
+    res = stats.permutation_test((list(x),), lambda a: stats.spearmanr(a, y).statistic,
+                                 permutation_type="pairings", n_resamples=n_resamples, rng=seed)
+    return rho, float(res.pvalue)
+
+
+# the closed-loop outcomes a validation metric is ranked against: success, and the denser partial credit
+# (mean fraction of the task's goal predicates met), which separates checkpoints that all fail
+OUTCOMES = {"success": "rate", "goal_progress": "goal_progress"}
 
 
 def rank_correlations(records: Iterable[Mapping]) -> dict[str, dict]:
-    """For every validation metric: Spearman's rho between it and closed-loop success across the run's
-    checkpoints. Validation metrics are errors (lower is better), so a metric that ranks checkpoints the way
+    """For every validation metric: Spearman's rho (and its permutation p-value) between it and closed-loop
+    success across the run's checkpoints, and the same against goal progress under "goal_progress" (where
+    recorded). Validation metrics are errors (lower is better), so a metric that ranks checkpoints the way
     success does has rho near -1; rho near 0 or above means open-loop validation does not predict success."""
     done = sorted((r for r in records if r.get("complete", True) and r.get("n", 0) > 0), key=lambda r: r["step"])
     names = sorted({k for r in done for k in (r.get("val") or {})})
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
     out: dict[str, dict] = {}
     for name in names:
-        pairs = [(float(r["val"][name]), float(r["rate"]), int(r["step"])) for r in done
-                 if isinstance((r.get("val") or {}).get(name), (int, float)) and math.isfinite(r["val"][name])]
-        rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-        out[name] = {"rho": rho, "n": len(pairs), "steps": [p[2] for p in pairs]}
+        entry: dict = {}
+        for outcome, key in OUTCOMES.items():
+            pairs = [(float(r["val"][name]), float(r[key]), int(r["step"])) for r in done
+                     if finite((r.get("val") or {}).get(name)) and finite(r.get(key))]
+            rho, p = spearman_test([q[0] for q in pairs], [q[1] for q in pairs])
+            block = {"rho": rho, "p": p, "n": len(pairs), "steps": [q[2] for q in pairs]}
+            if outcome == "success":
+                entry.update(block)
+            elif pairs:
+                entry[outcome] = block
+        out[name] = entry
     return out
