@@ -19,6 +19,7 @@ command resumes: a checkpoint with a result is skipped, a half-evaluated one kee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -196,17 +197,25 @@ def evaluate_checkpoints(run: str | Path, cl: ClosedLoopConfig, *, tracking_uri:
             from pipelines import logs
 
             logs.attach_log_file(run / FOLDER)
-        evaluator = ClosedLoopEvaluator(cfg, run, tracking=tracking, address=address, run_dir=run)
+        todo = [c for c in found if not (_step_dir(run, c.step) / RESULT).is_file()]
         for c in found:
-            d = _step_dir(run, c.step)
-            if (d / RESULT).is_file():
-                log.info("step %d: already evaluated (%s)", c.step, d / RESULT)
-                continue
-            if not ((d / "model" / "model.safetensors").is_file() and (d / "checkpoint.json").is_file()):
-                val = {**history.get(c.step, {}), **c.val}  # reported with the checkpoint wins
-                stage_checkpoint(run, c.step, c.model_dir, val, c.mlflow_run_id or default_run_id, c.time)
-            evaluator.evaluate(c.step)
-        evaluator.update_best()
+            if c not in todo:
+                log.info("step %d: already evaluated (%s)", c.step, _step_dir(run, c.step) / RESULT)
+        with contextlib.ExitStack() as stack:
+            rollouts = None
+            if todo:  # the simulators start once for every checkpoint still to roll out
+                from pipelines.shared_pool import run_rollouts
+
+                rollouts = stack.enter_context(run_rollouts(cl, run, report_to=str(run / FOLDER / "env_pool.json")))
+            evaluator = ClosedLoopEvaluator(cfg, run, tracking=tracking, address=address, run_dir=run,
+                                            rollouts=rollouts)
+            for c in todo:
+                d = _step_dir(run, c.step)
+                if not ((d / "model" / "model.safetensors").is_file() and (d / "checkpoint.json").is_file()):
+                    val = {**history.get(c.step, {}), **c.val}  # reported with the checkpoint wins
+                    stage_checkpoint(run, c.step, c.model_dir, val, c.mlflow_run_id or default_run_id, c.time)
+                evaluator.evaluate(c.step)
+            evaluator.update_best()
     return read_results(run)
 
 

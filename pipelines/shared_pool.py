@@ -20,6 +20,8 @@ which has the interface of `RolloutPool`, so the episode log, resume and summary
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import logging
 import threading
@@ -39,7 +41,8 @@ from pipelines.rollout_pool import PoolStats, _first_line, actor_options
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EnvPoolService", "SharedPoolClient", "PoolCleanupCallback", "start_service", "service_name"]
+__all__ = ["EnvPoolService", "SharedPoolClient", "PoolCleanupCallback", "start_service", "service_name",
+           "close_service", "run_rollouts"]
 
 IDLE_POLICY = {"kind": "zero"}  # what an env actor holds before its first checkpoint (renders nothing)
 
@@ -358,6 +361,33 @@ class SharedRollouts:
 
     def client(self, policy_spec: PolicySpec, max_attempts: int = 3) -> SharedPoolClient:
         return SharedPoolClient(ray.get_actor(self.service_name), self.trial, policy_spec, max_attempts)
+
+
+def close_service(pool, report_to: str | None = None) -> None:
+    """Stop a pool; `report_to`: write what it did (actors, dispatch order, dropped work) there as JSON first."""
+    from clad import storage
+
+    try:
+        if report_to is not None:
+            storage.write_json(report_to, ray.get(pool.report.remote(), timeout=30), indent=1)
+        ray.get(pool.shutdown.remote(), timeout=60)
+    except Exception as err:
+        log.warning("env pool: %s", err)
+    ray.kill(pool, no_restart=True)
+
+
+@contextlib.contextmanager
+def run_rollouts(cl, owner: str, report_to: str | None = None):
+    """One env-actor pool for every checkpoint evaluation of one `clad train` (eval_every) or
+    `clad eval-checkpoints`: the simulators start once instead of once per checkpoint, and their CPUs stay
+    reserved for the whole run (preflight checked the room). `cl` is the run's ClosedLoopConfig, `owner` the
+    run folder (it names the pool). Yields what `ClosedLoopEvaluator(rollouts=...)` takes."""
+    name = service_name("run-" + hashlib.sha256(str(owner).encode()).hexdigest()[:12])
+    pool = start_service(name, cl.suite, cl.actors, cl.cpus_per_actor, cl.camera_size, cl.rollout_resource)
+    try:
+        yield SharedRollouts(name, trial="run")
+    finally:
+        close_service(pool, report_to)
 
 
 class PoolCleanupCallback:

@@ -14,6 +14,7 @@ starts from a given checkpoint instead. A lost worker restarts the group from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -419,11 +420,6 @@ def run_training(cfg: TrainConfig, *, tracking=None, resume_from: str | None = N
 
 def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, storage_path, run_name,
          on_eval_result=None, rollouts=None):
-    import ray.train
-    from ray.train import TrainingFailedError
-
-    from pipelines.failure_policy import CladTorchTrainer, training_error
-
     run_dir = cfg.run_location  # an absolute local path or a URI (checked writable in check_training_inputs)
     storage.write_json(storage.join(run_dir, "train_config.json"), cfg.to_dict(), indent=2, sort_keys=True)
     pool = worker_pool(cfg)  # before building datasets: a bad request fails at once
@@ -440,13 +436,30 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
         "dataset_hash": str(manifest.get("fingerprint", "")),
         "threads_per_worker": max(1, int(pool.cpus_per_actor + 0.5)),
     }
-    evaluator = None
-    if cfg.eval_every:  # closed-loop evaluation during training (pipelines/eval_during_training.py)
-        from pipelines.eval_during_training import ClosedLoopEvaluator, preflight
+    with contextlib.ExitStack() as stack:
+        evaluator = None
+        if cfg.eval_every:  # closed-loop evaluation during training (pipelines/eval_during_training.py)
+            from pipelines.eval_during_training import FOLDER, ClosedLoopEvaluator, closed_loop_dir, preflight
 
-        preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor, check_room=rollouts is None)
-        evaluator = ClosedLoopEvaluator(cfg, storage.join(storage_path or storage.parent(run_dir), run_name or cfg.name),
-                                        tracking=tracking, on_result=on_eval_result, rollouts=rollouts).start()
+            preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor, check_room=rollouts is None)
+            if rollouts is None:  # this run's own env actors, started once for all of its checkpoints
+                from pipelines.shared_pool import run_rollouts
+
+                rollouts = stack.enter_context(run_rollouts(
+                    cfg.closed_loop, run_dir, report_to=str(closed_loop_dir(cfg) / FOLDER / "env_pool.json")))
+            evaluator = ClosedLoopEvaluator(cfg, storage.join(storage_path or storage.parent(run_dir),
+                                                              run_name or cfg.name),
+                                            tracking=tracking, on_result=on_eval_result, rollouts=rollouts).start()
+        return _fit_trainer(cfg, loop_config, pool, datasets, callbacks, storage_path, run_dir, run_name, evaluator)
+
+
+def _fit_trainer(cfg: TrainConfig, loop_config: dict, pool, datasets: dict, callbacks, storage_path, run_dir,
+                 run_name, evaluator):
+    import ray.train
+    from ray.train import TrainingFailedError
+
+    from pipelines.failure_policy import CladTorchTrainer, training_error
+
     trainer = CladTorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

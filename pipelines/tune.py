@@ -336,16 +336,10 @@ def run_sweep(space: SweepSpace, base: dict[str, Any], sweep_dir: str | Path, tr
 
 
 def _close_pool(pool, sweep_dir) -> None:
-    """Record what the shared pool did (env_pool.json: actors, dispatch order, dropped work) and stop it."""
-    import ray
+    """Record what the shared pool did (env_pool.json) and stop it."""
+    from pipelines.shared_pool import close_service
 
-    try:
-        storage.write_json(storage.join(sweep_dir, "env_pool.json"), ray.get(pool.report.remote(), timeout=30),
-                           indent=1)
-        ray.get(pool.shutdown.remote(), timeout=60)
-    except Exception as err:
-        log.warning("shared env pool: %s", err)
-    ray.kill(pool, no_restart=True)
+    close_service(pool, storage.join(sweep_dir, "env_pool.json"))
 
 
 def _fit_sweep(space: SweepSpace, sweep_dir, ctx: dict, metric: str, concurrent: int, callbacks: list):

@@ -75,6 +75,12 @@ def test_saved_checkpoints_are_evaluated_after_the_fact_and_resume(ray_session, 
         assert c["n"] == 1 and 0 <= lo <= c["rate"] <= hi <= 1
         assert "val/loss" in c["val"]  # the open-loop metric reported with that checkpoint
     assert ranks["metrics"]["val/loss"]["steps"] == [2, 4, 6]
+    assert ranks["metrics"]["val/loss"]["goal_progress"]["steps"] == [2, 4, 6]  # partial credit, per checkpoint
+    assert all(0.0 <= c["goal_progress"] <= 1.0 for c in ranks["checkpoints"])
+    # the three checkpoints ran on one env actor, started once (not once per checkpoint)
+    env_pool = json.loads((run / "closed_loop" / "env_pool.json").read_text())
+    assert env_pool["actors_started"] == 1 and env_pool["actors_lost"] == 0 and env_pool["fatal"] is None
+    assert len(env_pool["dispatched"]) == 3
     run_id = json.loads((run / "models" / "step_0000002" / "metrics.json").read_text())["mlflow_run_id"]
     client = MlflowClient(tracking.uri)
     assert sorted(m.step for m in client.get_metric_history(run_id, "closed_loop/success_rate")) == [2, 4, 6]

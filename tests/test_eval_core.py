@@ -156,6 +156,18 @@ def test_summary_aggregates_per_task_suite_overall(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_goal_progress_is_pooled_over_episodes_for_suite_and_overall():
+    plan = _plan(tasks=(0, 1), eps=2)
+    # task 0: a success (1.0) and 1 of 2 goals (0.5); task 1: 0 of 1 and a run without goal records
+    results = [_result(plan[0], goals_met=2, goals_total=2), _result(plan[1], success=False, goals_met=1, goals_total=2),
+               _result(plan[2], success=False, goals_met=0, goals_total=1), _result(plan[3], success=False)]
+    s = summarize(results)
+    assert [t["goal_progress"] for t in s["tasks"]] == [pytest.approx(0.75), pytest.approx(0.0)]
+    assert s["overall"]["goal_progress"] == pytest.approx(1.5 / 3)  # unrecorded episodes do not count
+    assert s["suites"]["libero_object"]["goal_progress"] == pytest.approx(1.5 / 3)
+    assert summarize([_result(plan[0])])["overall"]["goal_progress"] is None
+
+
 def test_summary_lists_planned_tasks_without_results():
     s = summarize([], task_names={("libero_10", 3): "t3"}, expected_per_task=2)
     assert s["tasks"][0]["n"] == 0 and s["tasks"][0]["complete"] is False

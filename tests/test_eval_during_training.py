@@ -95,6 +95,11 @@ def test_success_history_is_in_the_stage_mlflow_run_next_to_validation(trained, 
         assert "val/loss" in result["val"]
         # the same fixed scene for every checkpoint: episode 0 of task 0, init state 0, the same seed
         assert (records[0]["init_index"], records[0]["seed"]) == (0, 1_000_000)
+        r0 = records[0]
+        assert result["goal_progress"] == (1.0 if r0["success"] else r0["goals_met"] / r0["goals_total"])
+    # each of the two runs started its env actor once, for all of its checkpoints
+    pool = json.loads((trained["run"] / "closed_loop" / "env_pool.json").read_text())
+    assert pool["actors_started"] == 1 and pool["fatal"] is None
 
 
 def test_best_checkpoint_is_named_and_clad_eval_takes_it(trained):

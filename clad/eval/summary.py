@@ -36,6 +36,7 @@ def summarize(results: Iterable[EpisodeResult], task_names: dict[tuple[str, int]
     Suite average = mean of the per-task rates (LIBERO's convention: every task weighs the same);
     its CI pools the suite's episodes. `overall` pools every episode of every suite.
     """
+    results = list(results)
     by_task: dict[tuple[str, int], list[EpisodeResult]] = defaultdict(list)
     for r in results:
         by_task[(r.suite, r.task_index)].append(r)
@@ -64,10 +65,12 @@ def summarize(results: Iterable[EpisodeResult], task_names: dict[tuple[str, int]
         rated = [t["rate"] for t in rows if t["n"]]
         block["task_average"] = float(np.mean(rated)) if rated else 0.0
         block["num_tasks"] = len(rows)
+        block["goal_progress"] = mean_goal_progress(r for r in results if r.suite == suite)
         suites[suite] = block
     n = sum(t["n"] for t in tasks)
     s = sum(t["successes"] for t in tasks)
     overall = _block(s, n, sum(t["errors"] for t in tasks))
+    overall["goal_progress"] = mean_goal_progress(results)  # pooled over episodes
     return {"tasks": tasks, "suites": suites, "overall": overall}
 
 
