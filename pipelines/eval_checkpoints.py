@@ -203,7 +203,7 @@ def evaluate_checkpoints(run: str | Path, cl: ClosedLoopConfig, *, tracking_uri:
                 log.info("step %d: already evaluated (%s)", c.step, _step_dir(run, c.step) / RESULT)
         with contextlib.ExitStack() as stack:
             rollouts = None
-            if todo:  # the simulators start once for every checkpoint still to roll out
+            if todo and cl.policy_mode == "in_actor":  # the simulators start once for all these checkpoints
                 from pipelines.shared_pool import run_rollouts
 
                 rollouts = stack.enter_context(run_rollouts(cl, run, report_to=str(run / FOLDER / "env_pool.json")))

@@ -442,7 +442,9 @@ def _fit(cfg: TrainConfig, manifest: dict, *, tracking, resume_from, callbacks, 
             from pipelines.eval_during_training import FOLDER, ClosedLoopEvaluator, closed_loop_dir, preflight
 
             preflight(cfg, train_cpus=cfg.num_workers * pool.cpus_per_actor, check_room=rollouts is None)
-            if rollouts is None:  # this run's own env actors, started once for all of its checkpoints
+            # this run's own env actors, started once for all of its checkpoints (a policy server, for GPU
+            # inference, is started per checkpoint by run_evaluation instead)
+            if rollouts is None and cfg.closed_loop.policy_mode == "in_actor":
                 from pipelines.shared_pool import run_rollouts
 
                 rollouts = stack.enter_context(run_rollouts(

@@ -84,6 +84,9 @@ class SweepSpace(FrozenConfig):
                                  "and closed_loop.suite (e.g. libero_object) in the space file")
             if self.mode != "max":
                 raise ValueError("objective closed_loop_success is a success rate: set mode: max")
+            if self.closed_loop.policy_mode != "in_actor":
+                raise ValueError("closed_loop.policy_mode=server: the sweep's shared env pool runs each policy in "
+                                 "its env actors; set closed_loop.policy_mode: in_actor")
         return self
 
     @pydantic.field_validator("space")

@@ -39,6 +39,11 @@ def test_closed_loop_space_errors_name_the_field(tmp_path):
     bad.write_text(yaml.safe_dump(_space(mode="min")))
     with pytest.raises(ConfigError, match="mode: max"):
         load_space(bad)
+    doc = _space()
+    doc["closed_loop"] = {**doc["closed_loop"], "policy_mode": "server"}  # the shared pool runs policies in-actor
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="policy_mode: in_actor"):
+        load_space(bad)
     bad.write_text(yaml.safe_dump(_space(eval_every=3)))
     base = load_train_config(None, ["dataset_dir=ds", "checkpoint_every=2", "validate_every=2"])
     with pytest.raises(ConfigError, match=r"eval_every \(3\) must be a multiple of checkpoint_every \(2\)"):
