@@ -159,7 +159,8 @@ def test_summary_aggregates_per_task_suite_overall(tmp_path):
 def test_goal_progress_is_pooled_over_episodes_for_suite_and_overall():
     plan = _plan(tasks=(0, 1), eps=2)
     # task 0: a success (1.0) and 1 of 2 goals (0.5); task 1: 0 of 1 and a run without goal records
-    results = [_result(plan[0], goals_met=2, goals_total=2), _result(plan[1], success=False, goals_met=1, goals_total=2),
+    results = [_result(plan[0], goals_met=2, goals_total=2),
+               _result(plan[1], success=False, goals_met=1, goals_total=2),
                _result(plan[2], success=False, goals_met=0, goals_total=1), _result(plan[3], success=False)]
     s = summarize(results)
     assert [t["goal_progress"] for t in s["tasks"]] == [pytest.approx(0.75), pytest.approx(0.0)]

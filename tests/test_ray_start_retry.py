@@ -28,7 +28,8 @@ def fake_ray(monkeypatch):
 
         monkeypatch.setattr(ray_runtime.ray, "init", init)
         monkeypatch.setattr(ray_runtime.ray, "shutdown", lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1))
-        monkeypatch.setattr(ray_runtime, "_stop_failed_start", lambda: calls.__setitem__("stopped", calls["stopped"] + 1))
+        monkeypatch.setattr(ray_runtime, "_stop_failed_start",
+                            lambda: calls.__setitem__("stopped", calls["stopped"] + 1))
         monkeypatch.setattr(ray_runtime.time, "sleep", lambda s: calls["slept"].append(s))
         return calls
 
