@@ -188,8 +188,10 @@ def test_tiny_policy_rows_do_not_depend_on_the_batch():
     pol.reset(ids, [_ctx(100 + i) for i in ids])
     batched = pol.act(ids, obs, steps)
     single = np.concatenate([pol.act([i], [obs[i]], [steps[i]]) for i in ids])
-    np.testing.assert_array_equal(batched, single)
-    np.testing.assert_array_equal(pol.act(ids[5:9], obs[5:9], steps[5:9]), batched[5:9])
+    # equal up to float rounding: a matmul over 37 rows and over 1 row may take different BLAS kernels
+    # (seen once under load); the noise of a row is its own (seed, step), which is what is tested
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pol.act(ids[5:9], obs[5:9], steps[5:9]), batched[5:9], rtol=0, atol=1e-6)
     assert batched.shape == (b, 7) and np.all(np.abs(batched) <= 1)
     # same (seed, step) -> same noise, different step -> different noise
     assert noise_seed(5, 1) == noise_seed(5, 1) != noise_seed(5, 2) != noise_seed(6, 1)
