@@ -197,6 +197,18 @@ def test_tiny_policy_rows_do_not_depend_on_the_batch():
     assert noise_seed(5, 1) == noise_seed(5, 1) != noise_seed(5, 2) != noise_seed(6, 1)
 
 
+def test_a_checkpoint_reached_through_a_symlink_is_the_same_for_resume(tmp_path):
+    from clad.eval.config import EvalConfig
+
+    (tmp_path / "real" / "final").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    a, b = (EvalConfig(suite="libero_object", policy=PolicySpec(kind="clad", checkpoint=str(d / "final")))
+            for d in (tmp_path / "real", tmp_path / "link"))
+    assert a.result_fields() == b.result_fields()
+    other = EvalConfig(suite="libero_object", policy=PolicySpec(kind="clad", checkpoint=str(tmp_path / "x")))
+    assert other.result_fields() != a.result_fields()
+
+
 def test_config_rules_and_resume_check(tmp_path):
     from pipelines.evaluate import _check_resume
 

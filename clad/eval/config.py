@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import pydantic
@@ -54,6 +55,9 @@ class EvalConfig(FrozenConfig):
         d = self.to_dict()
         out = {k: d[k] for k in RESULT_FIELDS}
         out["policy"] = {k: v for k, v in out["policy"].items() if k != "device"}
+        ckpt = out["policy"].get("checkpoint")
+        if ckpt and "://" not in str(ckpt):  # one local folder reached through a symlink is one checkpoint
+            out["policy"]["checkpoint"] = os.path.realpath(ckpt)
         return out
 
     def episode_timeout(self, max_steps: int) -> float:
