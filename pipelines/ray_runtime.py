@@ -69,14 +69,25 @@ def _is_startup_timeout(err: BaseException) -> bool:
     return "timed out during startup" in text or "gcs has become overloaded" in text
 
 
-def _stop_failed_start() -> None:
-    """Stop the Ray processes a failed local start left behind (this process's own children only)."""
+def _ray_children() -> dict[int, object]:
+    """This process's descendants whose command line runs a file from the ray package, by pid."""
     try:
         import psutil
     except ImportError:  # pragma: no cover - psutil is a dependency; without it they stop when clad exits
-        return
-    procs = [c for c in psutil.Process().children(recursive=True)
-             if any("/ray/" in part for part in _cmdline(c))]
+        return {}
+    return {c.pid: c for c in psutil.Process().children(recursive=True)
+            if any("/ray/" in part for part in _cmdline(c))}
+
+
+def _stop_failed_start(started_before: set[int]) -> None:
+    """Stop the Ray processes a failed local start left behind.
+
+    Only Ray children that did not exist before the attempt: a process may hold a live Ray session of its own
+    (a test session, a library caller), and stopping its raylet makes Ray end the whole process.
+    """
+    import psutil
+
+    procs = [c for pid, c in _ray_children().items() if pid not in started_before]
     for c in procs:
         try:
             c.terminate()
@@ -95,6 +106,7 @@ def _cmdline(proc) -> list[str]:
 def start_local_cluster(num_cpus: int | None = None, **kwargs) -> None:
     """`ray.init` of a new local cluster, retried when Ray's fixed raylet wait runs out on a loaded machine."""
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        started_before = set(_ray_children())
         try:
             ray.init(num_cpus=num_cpus, **kwargs)
             return
@@ -102,7 +114,7 @@ def start_local_cluster(num_cpus: int | None = None, **kwargs) -> None:
             if not _is_startup_timeout(err):
                 raise
             ray.shutdown()
-            _stop_failed_start()
+            _stop_failed_start(started_before)
             if attempt == LOCAL_START_ATTEMPTS:
                 load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
                 raise ClusterError(

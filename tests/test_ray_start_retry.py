@@ -29,7 +29,7 @@ def fake_ray(monkeypatch):
         monkeypatch.setattr(ray_runtime.ray, "init", init)
         monkeypatch.setattr(ray_runtime.ray, "shutdown", lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1))
         monkeypatch.setattr(ray_runtime, "_stop_failed_start",
-                            lambda: calls.__setitem__("stopped", calls["stopped"] + 1))
+                            lambda before: calls.__setitem__("stopped", calls["stopped"] + 1))
         monkeypatch.setattr(ray_runtime.time, "sleep", lambda s: calls["slept"].append(s))
         return calls
 
@@ -61,19 +61,37 @@ def test_other_start_errors_are_not_retried(fake_ray):
     assert calls["init"] == 1 and calls["stopped"] == 0
 
 
-def test_only_this_process_s_ray_children_are_stopped():
+def test_only_the_failed_attempt_s_ray_children_are_stopped():
+    """Ray children that predate the attempt (a live session of this process) and non-Ray children survive."""
     import subprocess
     import sys
 
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    # stand-ins: the command lines name a file under ray/, like a raylet or gcs_server
+    live_session = subprocess.Popen(sleep + ["/venv/site-packages/ray/core/src/ray/raylet/raylet"])
+    _wait_until_listed(live_session.pid)
+    before = set(ray_runtime._ray_children())
+    assert live_session.pid in before
     other = subprocess.Popen(sleep)
-    # a stand-in for the gcs_server of the failed start: its command line names a file under ray/
-    ray_like = subprocess.Popen(sleep + ["/venv/site-packages/ray/core/src/ray/gcs/gcs_server"])
+    failed_start = subprocess.Popen(sleep + ["/venv/site-packages/ray/core/src/ray/gcs/gcs_server"])
+    _wait_until_listed(failed_start.pid)
     try:
-        ray_runtime._stop_failed_start()
-        assert ray_like.wait(timeout=10) is not None
+        ray_runtime._stop_failed_start(before)
+        assert failed_start.wait(timeout=10) is not None
         assert other.poll() is None  # not Ray: left alone
+        assert live_session.poll() is None  # Ray, but not from this attempt: left alone
     finally:
-        for c in (other, ray_like):
+        for c in (other, failed_start, live_session):
             c.kill()
             c.wait()
+
+
+def _wait_until_listed(pid: int) -> None:
+    """The child's command line is readable only once it has exec'd."""
+    import time
+
+    for _ in range(100):
+        if pid in ray_runtime._ray_children():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"child {pid} never showed its command line")
