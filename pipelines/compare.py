@@ -2,9 +2,11 @@
 
     clad compare outputs/po/eval outputs/clad/eval [--names policy-only clad] [--out compare.json]
     clad compare outputs/po/eval outputs/clad/eval --init-states 0-24   # only scenes from init states 0..24
+    clad compare po_s0/eval po_s1/eval clad_s0/eval clad_s1/eval --names po po clad clad   # seeds pooled
 
 The first folder is the baseline; every other one is compared with it on the scenes both ran (same
-suite, task, init state and seed), with the exact McNemar test. See clad/eval/compare.py.
+suite, task, init state and seed), with the exact McNemar test. A name given to several folders pools
+them as replicates of one variant (e.g. training seeds), paired in the order given. See clad/eval/compare.py.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ def _default_names(paths: list[str]) -> list[str]:
 def run_compare(paths: list[str], names: list[str] | None = None, out: str | None = None,
                 init_states: str | None = None) -> dict:
     from clad.errors import CladError
-    from clad.eval.compare import compare_runs, format_comparison, load_eval_run, parse_init_states
+    from clad.eval.compare import compare_runs, format_comparison, load_eval_run, parse_init_states, pool_replicates
 
     if names is not None and len(names) != len(paths):
         raise CladError(f"--names gives {len(names)} names for {len(paths)} evaluation folders; give one per folder")
     names = names or _default_names(paths)
     keep = parse_init_states(init_states) if init_states is not None else None
-    result = compare_runs([load_eval_run(p, n, keep) for p, n in zip(paths, names)])
+    result = compare_runs(pool_replicates([load_eval_run(p, n, keep) for p, n in zip(paths, names)]))
     if keep is not None:
         result["init_states"] = [keep.start, keep.stop - 1]
         print(f"init states {keep.start}-{keep.stop - 1} only")
@@ -49,7 +51,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("evals", nargs="+", metavar="EVAL_DIR",
                    help="folders written by `clad eval --out` (paths or URIs); the first is the baseline")
-    p.add_argument("--names", nargs="+", help="one label per folder (default: the folder names)")
+    p.add_argument("--names", nargs="+", help="one label per folder (default: the folder names); a label given to "
+                                              "several folders pools them as replicates, e.g. training seeds")
     p.add_argument("--out", help="also write the comparison as JSON here (a path or a URI)")
     p.add_argument("--init-states", metavar="FIRST-LAST",
                    help="keep only episodes started from these init states (inclusive), e.g. 0-24 for scenes "

@@ -144,3 +144,24 @@ def test_goal_progress_is_paired_with_an_exact_sign_test(tmp_path):
     # folders written before goals were recorded have no progress block, and the comparison still works
     old = write_eval(tmp_path / "old", {0: [True, False]}, suite="libero_10")
     assert compare_runs([load_eval_run(old), a])["paired"][0]["goal_progress"] is None
+
+
+def test_replicates_sharing_a_name_are_pooled_and_paired_seed_by_seed(tmp_path, capsys):
+    # two training seeds per variant, the same three scenes each: seed k of one pairs with seed k of the other
+    c0 = write_eval(tmp_path / "c0", {0: [True, True, False]})
+    c1 = write_eval(tmp_path / "c1", {0: [False, True, True]})
+    x0 = write_eval(tmp_path / "x0", {0: [False, True, False]})   # vs c0: 1 scene won alone by the control
+    x1 = write_eval(tmp_path / "x1", {0: [True, False, True]})    # vs c1: 1 vs 1
+    out = tmp_path / "cmp.json"
+    assert clad_main(["compare", str(c0), str(c1), str(x0), str(x1), "--names", "ctl", "ctl", "clad", "clad",
+                      "--out", str(out)]) == 0
+    assert "2 replicates pooled" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert [(r["name"], r["successes"], r["n"]) for r in res["runs"]] == [("ctl", 4, 6), ("clad", 3, 6)]
+    assert res["runs"][0]["replicates"] == [str(c0), str(c1)]
+    pair = res["paired"][0]
+    assert (pair["n"], pair["only_a"], pair["only_b"], pair["both"]) == (6, 2, 1, 2)
+    assert pair["tasks"]["libero_object/0"]["n"] == 6  # per-task blocks pool the replicates too
+    # a variant with fewer replicates than the other cannot be paired seed by seed
+    assert clad_main(["compare", str(c0), str(c1), str(x0), "--names", "ctl", "ctl", "clad"]) == 2
+    assert "same number of folders" in capsys.readouterr().err

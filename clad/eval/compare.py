@@ -9,6 +9,11 @@ outcomes; it needs no normal approximation, so it stays valid at the small count
 
 A scene is identified by (suite, task_index, init_index, seed); episodes present in only one run are
 left out of the paired counts and reported as `unpaired`.
+
+Replicates (e.g. a variant trained with two seeds) are pooled with `pool_replicates`: the k-th replicate of
+one variant is paired with the k-th replicate of the other, so the unit is (replicate, scene) and the exact
+McNemar test runs on the discordant pairs of all replicates together. Each replicate's own comparison is
+still the one to read first; the pooled test says whether the difference holds across seeds.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from clad.errors import CladError
 from clad.eval.results import EPISODES_FILE, EpisodeResult, ResultLog
 from clad.eval.summary import rate_block
 
-__all__ = ["EvalRun", "load_eval_run", "parse_init_states", "mcnemar_exact", "compare_runs", "format_comparison"]
+__all__ = ["EvalRun", "load_eval_run", "parse_init_states", "pool_replicates", "mcnemar_exact", "compare_runs",
+           "format_comparison"]
 
-SceneKey = tuple[str, int, int, int]  # suite, task_index, init_index, seed
+# suite, task_index, init_index, seed (+ the replicate index once pooled: suite and task stay first)
+SceneKey = tuple
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class EvalRun:
     name: str
     path: str
     episodes: dict[SceneKey, EpisodeResult]
+    replicates: tuple[str, ...] = ()  # the folders pooled into this run, in pairing order (empty: one folder)
 
 
 def _scene(r: EpisodeResult) -> SceneKey:
@@ -85,6 +93,28 @@ def load_eval_run(path: str | Path, name: str | None = None, init_states: range 
         episodes[key] = r
     label = name or storage.name(folder) or str(file)
     return EvalRun(name=label, path=str(folder), episodes=episodes)
+
+
+def pool_replicates(runs: Sequence[EvalRun]) -> list[EvalRun]:
+    """Runs that share a name are replicates of one variant (e.g. its training seeds): one pooled run per name,
+    in order of first appearance. Replicate k's scenes get the key suffix k, so they pair with replicate k of
+    every other variant; every variant must then have the same number of replicates."""
+    groups: dict[str, list[EvalRun]] = {}
+    for r in runs:
+        groups.setdefault(r.name, []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return list(runs)
+    counts = {name: len(g) for name, g in groups.items()}
+    if len(set(counts.values())) != 1:
+        raise CladError(f"replicates per variant differ: {counts}. A name given to several folders pools them as "
+                        "replicates (e.g. training seeds) paired in the order given, so every variant needs the "
+                        "same number of folders, in the same seed order; fix --names or the folder list")
+    pooled = []
+    for name, group in groups.items():
+        episodes = {key + (k,): ep for k, r in enumerate(group) for key, ep in r.episodes.items()}
+        paths = tuple(r.path for r in group)
+        pooled.append(EvalRun(name=name, path=" + ".join(paths), episodes=episodes, replicates=paths))
+    return pooled
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -148,7 +178,7 @@ def compare_runs(runs: Sequence[EvalRun]) -> dict:
                                             sum((e.suite, e.task_index) == (s, t) for e in eps))
                     for s, t in tasks}
         summary.append({"name": r.name, "path": r.path, **rate_block(sum(e.success for e in eps), len(eps)),
-                        "tasks": per_task})
+                        "tasks": per_task, **({"replicates": list(r.replicates)} if r.replicates else {})})
     pairs = []
     for other in runs[1:]:
         shared_tasks = sorted({(k[0], k[1]) for k in set(base.episodes) & set(other.episodes)})
@@ -169,8 +199,9 @@ def format_comparison(result: dict) -> str:
     lines = [f"{'run':<{w}} {'succ/n':>9} {'rate':>6}  95% CI (Wilson)"]
     for r in result["runs"]:
         lo, hi = r["ci95"]
+        pooled = f"  ({len(r['replicates'])} replicates pooled)" if r.get("replicates") else ""
         lines.append(f"{r['name']:<{w}} {r['successes']:>4}/{r['n']:<4} {100 * r['rate']:>5.1f}%  "
-                     f"[{100 * lo:5.1f}, {100 * hi:5.1f}]")
+                     f"[{100 * lo:5.1f}, {100 * hi:5.1f}]{pooled}")
     for p in result["paired"]:
         lines.append("")
         lines.append(f"paired: {p['a_name']} (a) vs {p['b_name']} (b) on {p['n']} shared scenes")
