@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # a guard against a command that never stops (as before the fix), not a measurement
 HANG_GUARD_S = 600
 TRAIN_STEPS = 100000  # far more than run before the signal: a command that ends by itself fails the test
+# likewise for the evaluation: the tiny policy never succeeds, so each episode runs the suite's full step
+# budget; with 2 episodes the run could end on its own before the signal on a fast machine (seen in a suite run)
+EVAL_EPISODES = 50
 
 
 def _env() -> dict:
@@ -113,13 +116,15 @@ def test_ctrl_c_stops_training_and_marks_the_run_killed(tmp_path):
 def test_ctrl_c_stops_an_evaluation(tmp_path):
     out = tmp_path / "eval"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with _clad("eval", "--policy", "tiny", "--suite", "libero_object", "--tasks", "0", "--episodes-per-task", "2",
+    with _clad("eval", "--policy", "tiny", "--suite", "libero_object", "--tasks", "0",
+               "--episodes-per-task", str(EVAL_EPISODES),
                "--actors", "1", "--video-episodes", "0", "--no-progress", "--out", str(out), "--tracking-uri", uri,
                "--experiment", "interrupt-eval") as proc:
         _wait(lambda: (out / "eval_config.json").is_file(), 300, "the evaluation to start", proc)
         time.sleep(15)  # not a bound: Ray is up and the env actor is starting or rolling out
         rc, err = _interrupt(proc)
-    assert rc == 130, err[-3000:]
+    finished = (out / "episodes.jsonl").read_text().count("\n") if (out / "episodes.jsonl").is_file() else 0
+    assert rc == 130, f"rc {rc}, {finished} of {EVAL_EPISODES} episodes finished:\n{err[-3000:]}"
     assert "interrupted: finished episodes are kept" in err, err[-3000:]
     assert not (out / "summary.json").exists()  # it stopped because of the signal, before the end of the run
     assert all(r.info.status != "RUNNING" for r in _runs(uri, "interrupt-eval"))
