@@ -504,7 +504,9 @@ def test_a_tiny_sweep_keeps_trials_and_results_in_the_bucket(dataset, tracking, 
         "mlflow_experiment": "test-storage"}))  # the experiment of the `tracking` server, artifacts outside the driver
     space.write_text(yaml.safe_dump({
         "name": "tiny", "num_samples": 2, "resources_per_trial": {"num_workers": 1, "cpus_per_worker": 0.45},
-        "scheduler": {"type": "asha", "max_t": 2, "grace_period": 1},
+        # fifo: ASHA may stop the second trial at step 1 when the trials run one after the other (a loaded machine),
+        # and a stopped trial has no final model; what is tested here is where the files go, not the scheduler
+        "scheduler": {"type": "fifo"},
         "space": {"model.dynamics.tau": {"choice": [2, 3]}}}))
     assert clad_main(["tune", "--space", str(space), "--config", str(base), "--tracking-uri", tracking.uri]) == 0
     sweep = f"s3://{BUCKET}/sweeps/tiny"
