@@ -85,9 +85,11 @@ def _stop_failed_start(started_before: set[int]) -> None:
     Only Ray children that did not exist before the attempt: a process may hold a live Ray session of its own
     (a test session, a library caller), and stopping its raylet makes Ray end the whole process.
     """
+    procs = [c for pid, c in _ray_children().items() if pid not in started_before]
+    if not procs:  # nothing left behind (or no psutil to list it)
+        return
     import psutil
 
-    procs = [c for pid, c in _ray_children().items() if pid not in started_before]
     for c in procs:
         try:
             c.terminate()
