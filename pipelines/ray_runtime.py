@@ -48,7 +48,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         logs.route_ray_logging()
         kwargs.update(logs.ray_init_options())
     if address:
-        ray.init(address=address, **kwargs)
+        with signals.interrupts_held():
+            ray.init(address=address, **kwargs)
     else:
         if object_store_gb is not None:
             kwargs["object_store_memory"] = int(object_store_gb * 1024**3)
@@ -110,7 +111,8 @@ def start_local_cluster(num_cpus: int | None = None, **kwargs) -> None:
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         started_before = set(_ray_children())
         try:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            with signals.interrupts_held():  # Ctrl-C mid-start would crash the exit (signals.py)
+                ray.init(num_cpus=num_cpus, **kwargs)
             return
         except Exception as err:
             if not _is_startup_timeout(err):

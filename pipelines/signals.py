@@ -6,14 +6,19 @@ failure-signal handler), which skips every cleanup: the MLflow run stays RUNNING
 and half an evaluation summary stay behind. After `ray.init` this module routes SIGTERM into the same path
 as Ctrl-C (the SIGINT handler in force, e.g. Ray Train's abort, else KeyboardInterrupt); `clad` then exits
 with 143 (128 + SIGTERM) instead of 130.
+
+`interrupts_held()` defers both signals while `ray.init` runs: a KeyboardInterrupt raised in the middle of it
+leaves a half-connected core worker that `ray.shutdown()` does not know about, and its C++ destructor then
+crashes the process at exit (SIGSEGV instead of 130; docs/results.md, "Known problems", session 10-11).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
-__all__ = ["route_sigterm_to_interrupt", "terminated", "interrupted_exit_code"]
+__all__ = ["route_sigterm_to_interrupt", "terminated", "interrupted_exit_code", "interrupts_held"]
 
 _terminated = threading.Event()
 
@@ -41,3 +46,32 @@ def terminated() -> bool:
 def interrupted_exit_code() -> int:
     """The exit code of a command stopped by a signal: 143 after SIGTERM, 130 after Ctrl-C (SIGINT)."""
     return 143 if terminated() else 130
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise KeyboardInterrupt (for a native call that must
+    not be cut in half). A signal the process ignores stays ignored; a handler the block installs (ray.init
+    installs one for SIGTERM) is kept. Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum, frame):
+        caught.append(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, h in before.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            if signal.getsignal(s) is hold:
+                signal.signal(s, h)
+        if caught:
+            if signal.SIGTERM in caught:
+                _terminated.set()
+            raise KeyboardInterrupt  # replaces any error of the block: the user asked to stop
