@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "pipelines.evaluate",
     "pipelines.eval_checkpoints",
     "pipelines.compare",
+    "pipelines.probe",
     "pipelines.pipeline",
 ]
 

@@ -148,6 +148,10 @@ class CladAgentPolicy:
         self.agent.reset(list(env_ids))
         return [self._lang[int(i)] for i in env_ids]
 
+    def instruction(self, env_id: int) -> str:
+        """The instruction the episode in `env_id` is conditioned on (set by `reset`)."""
+        return self._lang[int(env_id)]
+
     def frames_needed(self, env_id: int, step: int) -> bool:
         fn = getattr(self.agent, "frames_needed", None)
         return True if fn is None else bool(fn(step))

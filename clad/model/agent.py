@@ -5,6 +5,7 @@
     actions = agent.act(obs)                           # (B, 7) float32 numpy, raw env units
     actions = agent.act(env_ids, rgb, proprio, lang)   # the same for a subset of envs (eval adapter form)
     z_p, z_s = agent.plan(obs)                         # the latent foresight (B, H) each; time does not advance
+    agent.advance(obs, executed)                       # another controller acted: record it, time advances
 
 obs: {"rgb": (B, V, 3, H, W) uint8 (views in vision.cameras order, as stored),
       "proprio": (B, D_p) raw float, "lang_emb": (B, E)}, optionally "feat": (B, V, F) precomputed features
@@ -192,6 +193,16 @@ class CladAgent:
         self.frames, self.proprio = saved
         z_p, z_s = self.model.foresight(win)
         return z_p.float().cpu(), z_s.float().cpu()
+
+    def advance(self, obs: Mapping, executed: torch.Tensor) -> None:
+        """Advance the given envs one step in which another controller acted (a scripted expert, a human):
+        record the observation, and `executed` (B, A), raw env units, as the past action, as `act` would."""
+        ids, o = self._parse(obs)
+        self._record(ids, o)
+        self.past_actions[ids] = torch.cat([self.past_actions[ids, 1:], executed_action(executed.float())[:, None]], 1)
+        self.queue_pos[ids] = self.chunk  # a chunk planned before is stale: replan when acting again
+        self.ens_valid[ids] = False
+        self.t[ids] += 1
 
     @torch.no_grad()
     def act(

@@ -223,15 +223,7 @@ class CladModel(nn.Module):
         cosine between the targets of different samples (how spread out the targets are; 1 = collapsed)."""
         if self.dynamics is None:
             raise ConfigError("policy.foresight='none' has no stage 1")
-        batch = self._to_device(batch)
-        norm, lang = self.normalizer, batch["lang_emb"].float()
-        if self.cfg.vision.trainable:
-            offsets = self.crop_offsets(batch, random=False)
-            v_curr, v_next = self.visual_features(batch, ("curr", "next"), target=True, offsets=offsets)
-        else:
-            v_curr, v_next = self.visual_features(batch, ("curr", "next"))
-        now = self.dynamics.targets(norm.normalize("proprio", batch["proprio_curr"].float()), v_curr, lang)
-        later = self.dynamics.targets(norm.normalize("proprio", batch["proprio_next"].float()), v_next, lang)
+        now, later = self.latent_targets(batch, "curr"), self.latent_targets(batch, "next")
         out = {}
         for name, a, b in (("p", now[0], later[0]), ("s", now[1], later[1])):
             out[f"cos_still_{name}"] = float((a * b).sum(-1).mean())  # targets are unit vectors
@@ -239,6 +231,22 @@ class CladModel(nn.Module):
             off = ~torch.eye(n, dtype=torch.bool, device=b.device)
             out[f"target_cos_pairwise_{name}"] = float((b @ b.T)[off].mean()) if n > 1 else 1.0
         return out
+
+    @torch.no_grad()
+    def latent_targets(self, batch: Batch, frame: str = "curr") -> tuple[torch.Tensor, torch.Tensor]:
+        """The EMA target latents (y_p, y_s), (B, H) each, of one frame of `batch` (`rgb_<frame>` or
+        `feat_<frame>`, `proprio_<frame>`, `lang_emb`; centre crop): what a foresight made tau steps before
+        that frame should match."""
+        if self.dynamics is None:
+            raise ConfigError("policy.foresight='none' has no stage 1")
+        batch = self._to_device(batch)
+        if self.cfg.vision.trainable:
+            offsets = self.crop_offsets(batch, random=False)
+            (v,) = self.visual_features(batch, (frame,), target=True, offsets=offsets)
+        else:
+            (v,) = self.visual_features(batch, (frame,))
+        p = self.normalizer.normalize("proprio", batch[f"proprio_{frame}"].float())
+        return self.dynamics.targets(p, v, batch["lang_emb"].float())
 
     # ------------------------------------------------------------------------------------------------------
     # stage 2 and inference
