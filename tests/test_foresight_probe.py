@@ -155,3 +155,44 @@ def test_a_checkpoint_without_stage_1_is_refused_before_any_simulator(tiny_model
     with pytest.raises(CladError, match="policy.foresight='none'"):
         run_probe(str(ckpt), "libero_object", ["0"], "0-0", str(tmp_path / "p"))
     assert not (tmp_path / "p" / "probe.jsonl").exists()
+
+
+def test_an_agent_walked_through_a_recorded_episode_plans_the_training_windows_foresight(tiny_model):
+    """What the probe measures is what stage-1 validation measures: stepping the agent through a recorded
+    episode (plan, then `advance` with the recorded action) gives, at every step t, the foresight of the
+    training window at t, and the target latent of frame t + tau (the window's `next`)."""
+    from clad.data.windows import WindowSpec, window_batch
+    from clad.eval.foresight_probe import cosines
+    from clad.model.agent import CladAgent
+    from test_windows import make_episode
+
+    cfg = tiny_model.eval().cfg  # as the agent runs it: no action masking, no dropout
+    s = cfg.vision.image_size
+    ep = make_episode(T=14, H=s, W=s)
+    ep["actions"][:, -1] = np.sign(ep["actions"][:, -1] - 5)  # the gripper as recorded: +-1
+    lang = np.random.default_rng(3).normal(size=cfg.lang_dim).astype(np.float32)
+    spec = WindowSpec(tau=cfg.dynamics.tau, chunk=cfg.policy.chunk_length, views=cfg.vision.cameras,
+                      proprio_keys=cfg.proprio_keys)
+    T = ep["length"]
+    win = {k: torch.as_tensor(v) for k, v in window_batch(ep, spec, lang, np.arange(T)).items()}
+    with torch.no_grad():
+        want_p, want_s = tiny_model.foresight(win)
+        next_p, next_s = tiny_model.latent_targets(win, "next")
+
+    agent = CladAgent(tiny_model, num_envs=1)
+    got_p, got_s, tgt_p, tgt_s = [], [], [], []
+    for t in range(T):
+        obs = {"rgb": win["rgb_curr"][t:t + 1], "proprio": win["proprio_curr"][t:t + 1],
+               "lang_emb": win["lang_emb"][t:t + 1]}
+        z_p, z_s = agent.plan(obs)
+        y_p, y_s = tiny_model.latent_targets({"rgb_curr": obs["rgb"], "proprio_curr": obs["proprio"],
+                                              "lang_emb": obs["lang_emb"]})
+        got_p.append(z_p[0]), got_s.append(z_s[0]), tgt_p.append(y_p[0]), tgt_s.append(y_s[0])
+        agent.advance(obs, torch.as_tensor(ep["actions"][t:t + 1]))
+    torch.testing.assert_close(torch.stack(got_p), want_p.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(got_s), want_s.float(), atol=1e-5, rtol=1e-4)
+    tau = cfg.dynamics.tau
+    torch.testing.assert_close(torch.stack(tgt_s)[tau:], next_s[:T - tau].float(), atol=1e-5, rtol=1e-4)
+    # so the probe's episode cosine is validation's cosine over the windows whose t + tau is in the episode
+    c = cosines(torch.stack(got_s).numpy(), torch.stack(tgt_s).numpy(), tau)
+    assert c["cos"] == pytest.approx(float((want_s[:T - tau] * next_s[:T - tau]).sum(-1).mean()), abs=1e-5)
