@@ -29,6 +29,8 @@ def test_cosines_pair_each_prediction_with_the_target_tau_steps_later():
     assert c["n"] == 7 and c["cos"] == pytest.approx(1.0)
     assert c["cos_still"] == pytest.approx(float((target[:7] * target[3:]).sum(-1).mean()))
     assert cosines(target, target, tau=3)["cos"] == pytest.approx(c["cos_still"])  # "nothing moves" = still
+    # a prediction's length does not count (the foresight regresses unit targets but is not normalised)
+    assert cosines(perfect * 1.7, target, tau=3)["cos"] == pytest.approx(1.0)
     short = cosines(target[:2], target[:2], tau=3)
     assert short["n"] == 0 and math.isnan(short["cos"])
 
@@ -195,4 +197,5 @@ def test_an_agent_walked_through_a_recorded_episode_plans_the_training_windows_f
     torch.testing.assert_close(torch.stack(tgt_s)[tau:], next_s[:T - tau].float(), atol=1e-5, rtol=1e-4)
     # so the probe's episode cosine is validation's cosine over the windows whose t + tau is in the episode
     c = cosines(torch.stack(got_s).numpy(), torch.stack(tgt_s).numpy(), tau)
-    assert c["cos"] == pytest.approx(float((want_s[:T - tau] * next_s[:T - tau]).sum(-1).mean()), abs=1e-5)
+    cos = torch.nn.functional.cosine_similarity(want_s[:T - tau].float(), next_s[:T - tau].float(), dim=-1)
+    assert c["cos"] == pytest.approx(float(cos.mean()), abs=1e-5)

@@ -30,12 +30,18 @@ from clad.eval.policy import EpisodeContext, RolloutPolicy
 __all__ = ["ForesightProbe", "cosines"]
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def cosines(pred: np.ndarray, target: np.ndarray, tau: int) -> dict[str, float]:
-    """pred, target (T, H) unit vectors per step of one episode -> mean cos(pred[t], target[t + tau]) and the
-    still baseline mean cos(target[t], target[t + tau]) over t < T - tau (NaN when the episode is shorter)."""
+    """pred, target (T, H) per step of one episode -> mean cos(pred[t], target[t + tau]) and the still
+    baseline mean cos(target[t], target[t + tau]) over t < T - tau (NaN when the episode is shorter).
+    Cosines, as stage-1 validation's: the foresight is not unit-norm (it regresses unit targets)."""
     n = len(target) - tau
     if n <= 0:
         return {"cos": float("nan"), "cos_still": float("nan"), "n": 0}
+    pred, target = _unit(np.asarray(pred, np.float64)), _unit(np.asarray(target, np.float64))
     later = target[tau:]
     return {"cos": float((pred[:n] * later).sum(-1).mean()), "cos_still": float((target[:n] * later).sum(-1).mean()),
             "n": int(n)}
