@@ -66,6 +66,8 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
     keep = parse_init_states(init_states)
     if keep.stop > NUM_INIT_STATES:
         raise CladError(f"--init-states {init_states}: LIBERO has {NUM_INIT_STATES} init states per task (0-49)")
+    source = checkpoint if storage.is_remote(checkpoint) else str(Path(checkpoint).resolve())  # the probe's identity
+    checkpoint = str(storage.local_copy(checkpoint))  # a bucket URI is downloaded once into the node's cache
     cfg = read_checkpoint_config(checkpoint)
     if not cfg.has_dynamics:
         raise CladError(f"--checkpoint {checkpoint}: its config.json has policy.foresight="
@@ -77,7 +79,7 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
     file = out_dir / EPISODES_FILE
     rows = [json.loads(x) for x in file.read_text().splitlines() if x.strip()] if file.is_file() else []
     for r in rows:
-        if (r["checkpoint"], r["driver"], r["base_seed"]) != (str(Path(checkpoint).resolve()), driver, base_seed):
+        if (r["checkpoint"], r["driver"], r["base_seed"]) != (source, driver, base_seed):
             raise CladError(f"{file} holds episodes of another probe ({r['checkpoint']}, --driver {r['driver']}, "
                             f"--seed {r['base_seed']}): give another --out, or delete the file to start over")
     done = {(r["task_index"], r["episode"]) for r in rows}
@@ -101,7 +103,7 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
                 raise CladError(f"episode {spec.key} ended with {res.error_kind}: {res.error}")
             row = {"suite": suite, "task_index": spec.task_index, "episode": spec.episode, "init_index": spec.init_index,
                    "seed": spec.seed, "success": bool(res.success), "steps": res.steps, "driver": driver,
-                   "base_seed": base_seed, "checkpoint": str(Path(checkpoint).resolve()), **probe.episode_stats(0)}
+                   "base_seed": base_seed, "checkpoint": source, **probe.episode_stats(0)}
             with file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             rows.append(row)
@@ -110,7 +112,7 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
                      row["cos_p"], row["cos_still_p"])
     finally:
         worker.close_env()
-    summary = {"checkpoint": str(Path(checkpoint).resolve()), "driver": driver, "suite": suite,
+    summary = {"checkpoint": source, "driver": driver, "suite": suite,
                "tau": int(cfg.dynamics.tau), **summarize_probe(rows)}
     storage.write_json(out_dir / "probe_summary.json", summary, indent=2)
     return summary
@@ -131,7 +133,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("probe-foresight", help="CLaD's foresight vs the 'nothing moves' baseline along "
                               "real rollouts (closed loop or expert-driven)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a CLaD stage-2 model folder (e.g. RUN/final)")
+    p.add_argument("--checkpoint", required=True, help="a CLaD stage-2 model folder (e.g. RUN/final), a path or a URI")
     p.add_argument("--suite", required=True)
     p.add_argument("--tasks", nargs="+", required=True, help="task indices or names")
     p.add_argument("--init-states", default="0-1", metavar="FIRST-LAST", help="init states to run (default 0-1)")
