@@ -7,8 +7,8 @@ Stage-1 validation scores the foresight on demonstration windows: cos(z^(t), y(t
 "nothing moves" baseline cos(y(t), y(t + tau)). This command measures the same two numbers along real
 LIBERO episodes: driven by the CLaD policy itself (closed loop: its own states and past actions), or by
 the scripted expert (states and actions like the demonstrations'). Episode k of a task runs init state k
-with `clad eval`'s seed, so a closed-loop episode is the one `clad eval --seed S` ran (same actions and
-outcome). One process, no Ray: a diagnostic of tens of episodes. Each episode is appended to
+with `clad eval`'s seed and one torch thread as its env actors do, so a closed-loop episode is the one
+`clad eval --seed S` ran. One process, no Ray: a diagnostic of tens of episodes. Each episode is appended to
 `<out>/probe.jsonl` as it ends (a re-run skips finished ones); `<out>/probe_summary.json` pools them.
 """
 
@@ -87,6 +87,11 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
     steps = max_steps or MAX_STEPS[suite]
     plan = [s for s in plan_episodes(suite, [t.index for t in task_specs], keep.stop, base_seed, steps, settle_steps)
             if s.init_index in keep and s.key not in done]
+    import torch
+
+    # one torch thread, as in clad eval's env actors (pipelines/env_actor.py): another thread count sums in
+    # another order, and the rollout drifts from the logged one by float rounding (seen: 125 vs 126 steps)
+    torch.set_num_threads(1)
     clad = CladAgentPolicy.from_checkpoint(checkpoint)
     drive = None
     if driver == "expert":
