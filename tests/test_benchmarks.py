@@ -52,7 +52,9 @@ def test_all_benchmarks_small(tmp_path):
     for p in inf["presets"]:
         for row in p["rows"]:  # planning is part of an action prediction
             assert 0 < row["planning_s"] < row["action_s"]
-    assert by_preset["paper"]["rows"][0]["action_s"] > by_preset["cpu"]["rows"][0]["action_s"]
+    # which preset is slower is a measurement (the JSON has it), not a test: on a loaded machine the wall
+    # times of one run can come out in either order (seen in session 11: 5.6 s paper vs 7.2 s cpu)
+    assert by_preset["paper"]["params_m"]["stage2_policy"] > by_preset["cpu"]["params_m"]["stage2_policy"]
 
     train = json.loads((out / "training.json").read_text())
     for stage in train["stages"]:
