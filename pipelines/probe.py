@@ -77,14 +77,17 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     file = out_dir / EPISODES_FILE
+    steps = max_steps or MAX_STEPS[suite]
     rows = [json.loads(x) for x in file.read_text().splitlines() if x.strip()] if file.is_file() else []
     for r in rows:
-        if (r["checkpoint"], r["driver"], r["base_seed"]) != (source, driver, base_seed):
+        # rows written before max_steps was logged all ran the suite's default budget
+        theirs = (r["checkpoint"], r["driver"], r["base_seed"], r.get("max_steps", MAX_STEPS[r["suite"]]))
+        if theirs != (source, driver, base_seed, steps):
             raise CladError(f"{file} holds episodes of another probe ({r['checkpoint']}, --driver {r['driver']}, "
-                            f"--seed {r['base_seed']}): give another --out, or delete the file to start over")
+                            f"--seed {r['base_seed']}, --max-steps {theirs[3]}): give another --out, or delete "
+                            f"the file to start over")
     done = {(r["task_index"], r["episode"]) for r in rows}
 
-    steps = max_steps or MAX_STEPS[suite]
     plan = [s for s in plan_episodes(suite, [t.index for t in task_specs], keep.stop, base_seed, steps, settle_steps)
             if s.init_index in keep and s.key not in done]
     import torch
@@ -108,7 +111,7 @@ def run_probe(checkpoint: str, suite: str, tasks: list[str], init_states: str, o
                 raise CladError(f"episode {spec.key} ended with {res.error_kind}: {res.error}")
             row = {"suite": suite, "task_index": spec.task_index, "episode": spec.episode, "init_index": spec.init_index,
                    "seed": spec.seed, "success": bool(res.success), "steps": res.steps, "driver": driver,
-                   "base_seed": base_seed, "checkpoint": source, **probe.episode_stats(0)}
+                   "base_seed": base_seed, "max_steps": steps, "checkpoint": source, **probe.episode_stats(0)}
             with file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             rows.append(row)

@@ -143,6 +143,8 @@ def test_probe_command_with_the_expert_driving_resumes_and_refuses_bad_inputs(ti
     assert len((out / "probe.jsonl").read_text().splitlines()) == 1
     with pytest.raises(CladError, match="another probe"):
         run_probe(init_states="0-0", **{**kw, "driver": "policy"})
+    with pytest.raises(CladError, match="--max-steps 10"):  # another step budget would mix two probes' rows
+        run_probe(init_states="0-0", **{**kw, "max_steps": 20})
     with pytest.raises(CladError, match="init states per task"):
         run_probe(init_states="0-50", **{**kw, "out": str(tmp_path / "x")})
 
